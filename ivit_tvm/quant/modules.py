@@ -1,0 +1,336 @@
+"""I-ViT's quantized modules, in two modes on the same weights and buffers.
+
+- fake-quant (float tensors in): values are exactly the integer results times their scale;
+  gradients pass straight through (STE) as the float op each module approximates. QAT and
+  calibration use this mode.
+- integer (integer tensors in): int8/int16/int32 tensors end to end through the functions in
+  `functional`, with no float op on the data. This is the reference compiled models match.
+
+Every forward takes and returns (tensor, scale): the scale is a float32 tensor, shape (1,) or
+(C,) per channel on the last axis, metadata only. State-dict keys and buffer names are those of
+I-ViT's checkpoints (act_scaling_factor, fc_scaling_factor, weight_integer, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import functional as qf
+
+FLOAT32_EPS = torch.finfo(torch.float32).eps
+
+
+def symmetric_scale(bits: int, min_val: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
+    """S = max(|min|, |max|) / (2**(b-1) - 1), clamped to float32 eps (float32, per element)."""
+    bound = torch.maximum(-min_val, max_val).to(torch.float32)
+    return (bound / float(2 ** (bits - 1) - 1)).clamp(min=FLOAT32_EPS)
+
+
+def requant_params(scale_in: torch.Tensor, scale_out: torch.Tensor):
+    """(multiplier, shift) of the float64 ratio S_in / S_out, as the public release takes it."""
+    ratio = scale_in.detach().double().cpu().numpy() / scale_out.detach().double().cpu().numpy()
+    return qf.dyadic(ratio.reshape(-1))
+
+
+def _channels_last(value, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a (1,)/(C,) parameter against (..., C)."""
+    return torch.as_tensor(value, device=like.device)
+
+
+def _ste(surrogate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """Value of `exact`, gradient of `surrogate` (straight-through estimator)."""
+    return surrogate + (exact - surrogate).detach()
+
+
+def _to_int(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The integer behind a fake-quant float tensor: round(x / S) as int64 (no gradient)."""
+    return torch.round(x.detach() / scale.detach()).to(torch.int64)
+
+
+def is_integer(x: torch.Tensor) -> bool:
+    return not x.is_floating_point()
+
+
+class QuantAct(nn.Module):
+    """Quantize or requantize an activation to b bits (per-tensor scale), optionally adding a
+    requantized residual (`identity`). Calibrates its range by EMA while `running_stat`."""
+
+    def __init__(self, activation_bit: int = 8, act_range_momentum: float = 0.95):
+        super().__init__()
+        self.activation_bit = activation_bit
+        self.act_range_momentum = act_range_momentum
+        self.running_stat = True
+        self.min_val: torch.Tensor | None = None
+        self.max_val: torch.Tensor | None = None
+        self.register_buffer("act_scaling_factor", torch.zeros(1))
+
+    def extra_repr(self) -> str:
+        return f"activation_bit={self.activation_bit}, running_stat={self.running_stat}"
+
+    def freeze(self) -> None:
+        """Stop range tracking: the stored scale is final."""
+        self.running_stat = False
+
+    def unfreeze(self) -> None:
+        """Resume range tracking (QAT), starting from the stored scale's range."""
+        self.running_stat = True
+        bound = self.act_scaling_factor.detach().float() * (2 ** (self.activation_bit - 1) - 1)
+        self.min_val, self.max_val = -bound.max(), bound.max()
+
+    def _observe(self, x: torch.Tensor) -> None:
+        cur_min, cur_max = x.detach().min(), x.detach().max()
+        if self.min_val is None or torch.equal(self.min_val, self.max_val):
+            self.min_val, self.max_val = cur_min, cur_max
+        else:
+            m = self.act_range_momentum
+            self.min_val = self.min_val * m + cur_min * (1 - m)
+            self.max_val = self.max_val * m + cur_max * (1 - m)
+        scale = symmetric_scale(self.activation_bit, self.min_val, self.max_val)
+        self.act_scaling_factor = scale.reshape(1).to(self.act_scaling_factor.device)
+
+    def scale(self) -> torch.Tensor:
+        return self.act_scaling_factor.reshape(1).to(torch.float32)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Float -> integer at the entry of the graph: clamp(round(x / S)) in b bits."""
+        return qf.clamp_bits(torch.round(x / self.scale()).to(torch.int64), self.activation_bit)
+
+    def forward(self, x, scale_in=None, identity=None, identity_scale=None):
+        if is_integer(x):
+            return self._forward_integer(x, scale_in, identity, identity_scale)
+        if self.running_stat:
+            self._observe(x if identity is None else x + identity)
+        out_scale = self.scale()
+        if scale_in is None:
+            q_out = self.quantize(x)
+            surrogate = x / out_scale
+        else:
+            q_in = _to_int(x, scale_in)
+            q_id = None if identity is None else _to_int(identity, identity_scale)
+            q_out = self._requantize(q_in, scale_in, q_id, identity_scale)
+            surrogate = x / out_scale if identity is None else (x + identity) / out_scale
+        return _ste(surrogate, q_out.to(x.dtype)) * out_scale, out_scale
+
+    def _requantize(self, q_in, scale_in, q_identity, identity_scale):
+        multiplier, shift = requant_params(scale_in, self.scale())
+        multiplier, shift = _channels_last(multiplier, q_in), _channels_last(shift, q_in)
+        if q_identity is None:
+            return qf.requantize(q_in, multiplier, shift, self.activation_bit)
+        multiplier_id, shift_id = requant_params(identity_scale, self.scale())
+        return qf.requantize_add(
+            q_in, multiplier, shift,
+            q_identity, _channels_last(multiplier_id, q_in), _channels_last(shift_id, q_in),
+            self.activation_bit,
+        )
+
+    def _forward_integer(self, q, scale_in, q_identity, identity_scale):
+        if scale_in is None:
+            raise ValueError("integer mode: QuantAct needs the input scale (use quantize())")
+        return self._requantize(q, scale_in, q_identity, identity_scale), self.scale()
+
+
+def quantize_weights(layer: nn.Module, scale_in: torch.Tensor, scale_buffer: str):
+    """Fake-quantize a layer's weight (per output channel) and bias (at S_w * S_x).
+
+    Returns (w_q, b_q, S_b): float tensors holding integers with STE gradients, and the (out,)
+    float32 output scale. Refreshes the layer's integer buffers, as I-ViT's forward does.
+    """
+    w = layer.weight
+    rows = w.detach().reshape(w.shape[0], -1)
+    w_scale = symmetric_scale(layer.weight_bit, rows.min(dim=1).values, rows.max(dim=1).values)
+    w_scale_b = w_scale.reshape(-1, *([1] * (w.dim() - 1)))
+    w_low, w_high = qf.qrange(layer.weight_bit)
+    w_q = _ste(w / w_scale_b, torch.round(w.detach() / w_scale_b).clamp(w_low, w_high))
+    bias_scale = w_scale * scale_in.reshape(-1).to(torch.float32)  # (out,) float32
+    b_q = None
+    if layer.bias is not None:
+        b_low, b_high = qf.qrange(layer.bias_bit)
+        b_q = _ste(layer.bias / bias_scale,
+                   torch.round(layer.bias.detach() / bias_scale).clamp(b_low, b_high))
+    with torch.no_grad():
+        setattr(layer, scale_buffer, w_scale.detach().clone())
+        layer.weight_integer = w_q.detach().clone()
+        if b_q is not None:
+            layer.bias_integer = b_q.detach().clone()
+    return w_q, b_q, bias_scale
+
+
+class QuantLinear(nn.Linear):
+    """int8 per-output-channel weights, int32 bias at S_w * S_x: acc = q_x @ W_q^T + b_q."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 weight_bit: int = 8, bias_bit: int = 32):
+        super().__init__(in_features, out_features, bias)
+        self.weight_bit = weight_bit
+        self.bias_bit = bias_bit
+        self.register_buffer("fc_scaling_factor", torch.zeros(out_features))
+        self.register_buffer("weight_integer", torch.zeros_like(self.weight))
+        if bias:
+            self.register_buffer("bias_integer", torch.zeros_like(self.bias))
+        else:
+            self.bias_integer = None
+
+    def forward(self, x, scale_in):
+        if is_integer(x):
+            bias_q = None if self.bias_integer is None else self.bias_integer.to(torch.int64)
+            acc = qf.integer_linear(x, self.weight_integer.to(torch.int64), bias_q)
+            return acc, self.fc_scaling_factor.to(torch.float32) * scale_in.reshape(-1)
+        w_q, b_q, bias_scale = quantize_weights(self, scale_in, "fc_scaling_factor")
+        x_int = x / scale_in.reshape(-1)
+        return F.linear(x_int, w_q, b_q) * bias_scale, bias_scale
+
+
+class QuantConv2d(nn.Conv2d):
+    """Patch embedding: a convolution with kernel = stride = patch, int8 weights per channel.
+
+    Returns (B, D, H/p, W/p) and the (D,) output scale, like I-ViT's QuantConv2d.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride,
+                 weight_bit: int = 8, bias_bit: int = 32):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, bias=True)
+        self.weight_bit = weight_bit
+        self.bias_bit = bias_bit
+        self.register_buffer("conv_scaling_factor", torch.zeros(out_channels))
+        self.register_buffer("weight_integer", torch.zeros_like(self.weight))
+        self.register_buffer("bias_integer", torch.zeros_like(self.bias))
+
+    def forward(self, x, scale_in):
+        if is_integer(x):
+            patches = image_to_patches(x, self.kernel_size)  # (B, Hp, Wp, C*p*p)
+            acc = qf.integer_linear(
+                patches,
+                self.weight_integer.reshape(self.out_channels, -1).to(torch.int64),
+                self.bias_integer.to(torch.int64),
+            )  # (B, Hp, Wp, D) int32
+            scale = self.conv_scaling_factor.to(torch.float32) * scale_in.reshape(-1)
+            return acc.permute(0, 3, 1, 2), scale
+        w_q, b_q, bias_scale = quantize_weights(self, scale_in, "conv_scaling_factor")
+        out = F.conv2d(x / scale_in.reshape(-1), w_q, b_q, self.stride)
+        return out * bias_scale.reshape(1, -1, 1, 1), bias_scale
+
+
+def image_to_patches(q: torch.Tensor, patch) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/p, W/p, C*p*p), patch pixels in the conv weight's (C, p, p) order."""
+    ph, pw = patch
+    b, c, h, w = q.shape
+    q = q.reshape(b, c, h // ph, ph, w // pw, pw)
+    return q.permute(0, 2, 4, 1, 3, 5).reshape(b, h // ph, w // pw, c * ph * pw)
+
+
+class QuantMatMul(nn.Module):
+    """q_A @ q_B in int32 with scale S_A * S_B (attention's two matmuls)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("act_scaling_factor", torch.zeros(1))
+
+    def forward(self, a, scale_a, b, scale_b):
+        scale = (scale_a * scale_b).reshape(-1).to(torch.float32)
+        self.act_scaling_factor = scale.detach().clone()
+        if is_integer(a):
+            return qf.integer_matmul(a, b), scale
+        return ((a / scale_a) @ (b / scale_b)) * scale, scale
+
+
+class IntSoftmax(nn.Module):
+    """Shiftmax over the last axis; output scale 2**-(output_bit-1)."""
+
+    def __init__(self, output_bit: int = 8):
+        super().__init__()
+        self.output_bit = output_bit
+        self.register_buffer("act_scaling_factor", torch.zeros(1))
+
+    def output_scale(self) -> torch.Tensor:
+        return torch.tensor([2.0 ** -(self.output_bit - 1)], dtype=torch.float32)
+
+    def forward(self, x, scale_in, mask: torch.Tensor | None = None):
+        out_scale = self.output_scale().to(x.device)
+        self.act_scaling_factor = out_scale.clone()
+        x0 = qf.exp_x0(scale_in)
+        if is_integer(x):
+            return qf.shiftmax(x, x0, self.output_bit, mask), out_scale
+        y = qf.shiftmax(_to_int(x, scale_in), x0, self.output_bit, mask)
+        logits = x if mask is None else x.masked_fill(mask.to(torch.bool), float("-inf"))
+        surrogate = F.softmax(logits, dim=-1) / out_scale
+        return _ste(surrogate, y.to(x.dtype)) * out_scale, out_scale
+
+
+class IntGELU(nn.Module):
+    """ShiftGELU: q * sigmoid(1.702 x), output scale S * 2**-7."""
+
+    def __init__(self, output_bit: int = 8):
+        super().__init__()
+        self.output_bit = output_bit
+        self.register_buffer("act_scaling_factor", torch.zeros(1))
+
+    def forward(self, x, scale_in):
+        out_scale = (scale_in.reshape(-1).to(torch.float32)
+                     * torch.tensor(2.0 ** -(qf.GELU_SIGMOID_BITS - 1)))
+        self.act_scaling_factor = out_scale.detach().clone()
+        x0 = qf.gelu_x0(scale_in)
+        if is_integer(x):
+            return qf.shiftgelu(x, x0), out_scale
+        y = qf.shiftgelu(_to_int(x, scale_in), x0)
+        surrogate = x * torch.sigmoid(qf.GELU_SIGMOID_ALPHA * x) / out_scale
+        return _ste(surrogate, y.to(x.dtype)) * out_scale, out_scale
+
+
+class IntLayerNorm(nn.LayerNorm):
+    """I-LayerNorm: integer mean, variance and Newton sqrt; output scale sqrt(C)/2**30 * gamma
+    per channel, bias folded in as bias_integer = floor((beta / gamma) / (sqrt(C) / 2**30))."""
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-6):
+        super().__init__(normalized_shape, eps=eps)
+        self.register_buffer("norm_scaling_factor", torch.zeros(1))
+        self.register_buffer("bias_integer", torch.zeros_like(self.bias))
+
+    def base_scale(self) -> torch.Tensor:
+        """sqrt(C) / 2**30 in float32, the scale of the normalized integer before gamma."""
+        channels = self.normalized_shape[0]
+        return torch.sqrt(torch.tensor(float(channels), dtype=torch.float32)) / 2**30
+
+    def output_scale(self) -> torch.Tensor:
+        return (self.base_scale() * self.weight.detach().to(torch.float32)).reshape(-1)
+
+    def integer_bias(self) -> torch.Tensor:
+        bias = self.bias.detach().float() / self.weight.detach().float()
+        return torch.floor(bias / self.base_scale())
+
+    def forward(self, x, scale_in):
+        out_scale = self.output_scale().to(x.device)
+        if is_integer(x):
+            return qf.int_layernorm(x, self.bias_integer.to(torch.int64)), out_scale
+        bias_q = self.integer_bias()
+        with torch.no_grad():
+            self.bias_integer = bias_q.clone()
+            self.norm_scaling_factor = out_scale.clone()
+        y = qf.int_layernorm(_to_int(x, scale_in), bias_q.to(torch.int64))
+        surrogate = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return _ste(surrogate / out_scale, y.to(x.dtype)) * out_scale, out_scale
+
+
+def attention_scale(head_dim: int) -> float:
+    """1/sqrt(d_head), folded into the float scale before the softmax's requantization."""
+    return head_dim**-0.5
+
+
+def set_calibration(model: nn.Module, enabled: bool) -> None:
+    """Turn range tracking of every QuantAct on (calibration, QAT) or off (frozen scales)."""
+    for module in model.modules():
+        if isinstance(module, QuantAct):
+            module.unfreeze() if enabled else module.freeze()
+
+
+def quant_act_bits(model: nn.Module) -> dict[str, int]:
+    """Bit width of every QuantAct, by state-dict prefix (recorded in checkpoint metadata)."""
+    return {name: m.activation_bit for name, m in model.named_modules() if isinstance(m, QuantAct)}
+
+
+__all__ = [
+    "QuantAct", "QuantLinear", "QuantConv2d", "QuantMatMul", "IntSoftmax", "IntGELU",
+    "IntLayerNorm", "symmetric_scale", "requant_params", "attention_scale", "set_calibration",
+    "quant_act_bits", "image_to_patches", "quantize_weights",
+]
