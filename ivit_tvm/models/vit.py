@@ -99,7 +99,7 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def forward_integer(self, images: torch.Tensor):
-        """Exact integer inference: float images -> (int32 logits (B, classes), scale (classes,))."""
+        """Exact integer inference: float images -> (int32 logits (B, K), scale (K,))."""
         return self.forward_integer_q(self.qact_input.quantize(images))
 
     @torch.no_grad()
