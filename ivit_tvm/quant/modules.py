@@ -172,11 +172,15 @@ class QuantLinear(nn.Linear):
         else:
             self.bias_integer = None
 
+    def output_scale(self, scale_in: torch.Tensor) -> torch.Tensor:
+        """S_w * S_x per output channel (float32): the accumulator's scale in integer mode."""
+        return self.fc_scaling_factor.to(torch.float32) * scale_in.reshape(-1)
+
     def forward(self, x, scale_in):
         if is_integer(x):
             bias_q = None if self.bias_integer is None else self.bias_integer.to(torch.int64)
             acc = qf.integer_linear(x, self.weight_integer.to(torch.int64), bias_q)
-            return acc, self.fc_scaling_factor.to(torch.float32) * scale_in.reshape(-1)
+            return acc, self.output_scale(scale_in)
         w_q, b_q, bias_scale = quantize_weights(self, scale_in, "fc_scaling_factor")
         x_int = x / scale_in.reshape(-1)
         return F.linear(x_int, w_q, b_q) * bias_scale, bias_scale
@@ -197,6 +201,10 @@ class QuantConv2d(nn.Conv2d):
         self.register_buffer("weight_integer", torch.zeros_like(self.weight))
         self.register_buffer("bias_integer", torch.zeros_like(self.bias))
 
+    def output_scale(self, scale_in: torch.Tensor) -> torch.Tensor:
+        """S_w * S_x per output channel (float32)."""
+        return self.conv_scaling_factor.to(torch.float32) * scale_in.reshape(-1)
+
     def forward(self, x, scale_in):
         if is_integer(x):
             patches = image_to_patches(x, self.kernel_size)  # (B, Hp, Wp, C*p*p)
@@ -205,8 +213,7 @@ class QuantConv2d(nn.Conv2d):
                 self.weight_integer.reshape(self.out_channels, -1).to(torch.int64),
                 self.bias_integer.to(torch.int64),
             )  # (B, Hp, Wp, D) int32
-            scale = self.conv_scaling_factor.to(torch.float32) * scale_in.reshape(-1)
-            return acc.permute(0, 3, 1, 2), scale
+            return acc.permute(0, 3, 1, 2), self.output_scale(scale_in)
         w_q, b_q, bias_scale = quantize_weights(self, scale_in, "conv_scaling_factor")
         out = F.conv2d(x / scale_in.reshape(-1), w_q, b_q, self.stride)
         return out * bias_scale.reshape(1, -1, 1, 1), bias_scale
@@ -227,8 +234,12 @@ class QuantMatMul(nn.Module):
         super().__init__()
         self.register_buffer("act_scaling_factor", torch.zeros(1))
 
+    @staticmethod
+    def output_scale(scale_a: torch.Tensor, scale_b: torch.Tensor) -> torch.Tensor:
+        return (scale_a * scale_b).reshape(-1).to(torch.float32)
+
     def forward(self, a, scale_a, b, scale_b):
-        scale = (scale_a * scale_b).reshape(-1).to(torch.float32)
+        scale = self.output_scale(scale_a, scale_b)
         self.act_scaling_factor = scale.detach().clone()
         if is_integer(a):
             return qf.integer_matmul(a, b), scale
@@ -266,9 +277,14 @@ class IntGELU(nn.Module):
         self.output_bit = output_bit
         self.register_buffer("act_scaling_factor", torch.zeros(1))
 
+    @staticmethod
+    def output_scale(scale_in: torch.Tensor) -> torch.Tensor:
+        """S * 2**-7 in float32: the scale of q * sigmoid."""
+        sigmoid_scale = torch.tensor(2.0 ** -(qf.GELU_SIGMOID_BITS - 1))
+        return scale_in.reshape(-1).to(torch.float32) * sigmoid_scale
+
     def forward(self, x, scale_in):
-        out_scale = (scale_in.reshape(-1).to(torch.float32)
-                     * torch.tensor(2.0 ** -(qf.GELU_SIGMOID_BITS - 1)))
+        out_scale = self.output_scale(scale_in)
         self.act_scaling_factor = out_scale.detach().clone()
         x0 = qf.gelu_x0(scale_in)
         if is_integer(x):

@@ -1,0 +1,128 @@
+"""IntegerGraph: emits Relax for I-ViT's quantized modules, one method per module kind.
+
+Each method takes a Relax value (an integer tensor), its float scale (a torch tensor, metadata
+only) and the PyTorch module that holds the constants, and returns (value, scale) exactly like
+the module's integer-mode forward. Scales never enter the graph: they become integer
+constants (multiplier, shift, x0) through the same helpers the PyTorch side uses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tvm import relax, te, tirx
+
+from .. import ops
+from ..ops.integer import storage_dtype
+from ..quant import IntGELU, IntLayerNorm, IntSoftmax, QuantAct, QuantLinear, QuantMatMul
+from ..quant import functional as qf
+from ..quant.modules import requant_params
+
+INPUT_QUANTIZE = "ivit_quantize_input"  # the one PrimFunc allowed to read floats
+
+
+def quantize_input(x: te.Tensor, scale: float, bits: int) -> te.Tensor:
+    """QuantAct.quantize at the graph entry: clamp(round(x / S)) in float32, to b bits."""
+    low, high = qf.qrange(bits)
+    scale32 = tirx.const(np.float32(scale), "float32")
+
+    def element(*idx):
+        value = tirx.round(x[idx] / scale32)
+        return tirx.max(tirx.min(value, float(high)), float(low)).astype(storage_dtype(bits))
+
+    return te.compute(x.shape, element, name="quantize_input")
+
+
+class IntegerGraph:
+    """A thin layer over relax.BlockBuilder for integer I-ViT graphs."""
+
+    def __init__(self, bb: relax.BlockBuilder):
+        self.bb = bb
+
+    # ---- constants and structure --------------------------------------------------------
+    def const(self, array, dtype: str) -> relax.Constant:
+        if isinstance(array, torch.Tensor):
+            array = array.detach().cpu().numpy()
+        return relax.const(np.ascontiguousarray(np.asarray(array).astype(dtype)), dtype)
+
+    def emit(self, expr) -> relax.Var:
+        return self.bb.emit(expr)
+
+    def te(self, fn, *args, name: str, **kwargs) -> relax.Var:
+        return self.bb.emit_te(fn, *args, primfunc_name_hint=name, **kwargs)
+
+    def reshape(self, x, shape):
+        return self.emit(relax.op.reshape(x, shape))
+
+    def permute(self, x, axes):
+        return self.emit(relax.op.permute_dims(x, axes))
+
+    def concat(self, values, axis: int):
+        return self.emit(relax.op.concat(values, axis=axis))
+
+    def take(self, x, indices, axis: int):
+        return self.emit(relax.op.take(x, self.const(indices, "int64"), axis=axis))
+
+    def cast(self, x, dtype: str):
+        return self.emit(relax.op.astype(x, dtype))
+
+    def slice(self, x, axis: int, begin: int, end: int, stride: int = 1):
+        return self.emit(relax.op.strided_slice(x, [axis], [begin], [end], [stride]))
+
+    # ---- quantized modules --------------------------------------------------------------
+    def _dyadic(self, scale_in, scale_out, like_channels: int | None = None):
+        """(multiplier, shift) as Python ints (per tensor) or int64 constants (per channel)."""
+        multiplier, shift = requant_params(scale_in, scale_out)
+        if multiplier.size == 1:
+            return int(multiplier[0]), int(shift[0])
+        return self.const(multiplier, "int64"), self.const(shift, "int64")
+
+    def quant_act(self, act: QuantAct, x, scale_in, identity=None, identity_scale=None, name=""):
+        out_scale = act.scale()
+        multiplier, shift = self._dyadic(scale_in, out_scale)
+        bits = act.activation_bit
+        if identity is None:
+            out = self.te(ops.requantize, x, multiplier=multiplier, shift=shift, bits=bits,
+                          name=f"ivit_requantize{name}")
+        else:
+            multiplier_id, shift_id = self._dyadic(identity_scale, out_scale)
+            out = self.te(ops.requantize_add, x, multiplier, shift, identity, multiplier_id,
+                          shift_id, bits, name=f"ivit_requantize_add{name}")
+        return out, out_scale
+
+    def linear(self, layer: QuantLinear, x, scale_in):
+        weight = self.const(layer.weight_integer.reshape(layer.weight.shape[0], -1), "int8")
+        bias = None
+        if layer.bias_integer is not None:
+            bias = self.const(layer.bias_integer, "int32")
+        out = self.te(ops.integer_dense, x, weight, bias, name="ivit_dense")
+        return out, layer.output_scale(scale_in)
+
+    def matmul(self, a, scale_a, b, scale_b, transpose_b: bool = False):
+        out = self.te(ops.integer_batch_matmul, a, b, transpose_b=transpose_b,
+                      name="ivit_batch_matmul")
+        return out, QuantMatMul.output_scale(scale_a, scale_b)
+
+    def layernorm(self, norm: IntLayerNorm, x, scale_in):
+        del scale_in  # I-LayerNorm's output scale depends only on C and gamma
+        bias = self.const(norm.bias_integer, "int32")
+        out = self.te(ops.int_layernorm, x, bias, name="ivit_layernorm")
+        return out, norm.output_scale()
+
+    def softmax(self, softmax: IntSoftmax, x, scale_in, mask=None):
+        x0 = qf.exp_x0(scale_in)
+        if mask is None:
+            out = self.te(ops.shiftmax, x, x0=x0, out_bits=softmax.output_bit,
+                          name="ivit_shiftmax")
+        else:
+            out = self.te(ops.shiftmax, x, x0, softmax.output_bit, mask, name="ivit_shiftmax")
+        return out, softmax.output_scale()
+
+    def gelu(self, gelu: IntGELU, x, scale_in):
+        out = self.te(ops.shiftgelu, x, x0=qf.gelu_x0(scale_in), name="ivit_shiftgelu")
+        return out, gelu.output_scale(scale_in)
+
+    def quantize_input(self, act: QuantAct, images):
+        out = self.te(quantize_input, images, scale=float(act.scale().item()),
+                      bits=act.activation_bit, name=INPUT_QUANTIZE)
+        return out, act.scale()

@@ -1,0 +1,109 @@
+"""Shiftmax (I-ViT's integer softmax over the last axis) as a TE compute definition.
+
+Formula: `ivit_tvm.quant.functional.shiftmax` and the module docstring there.
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+from ..quant.functional import INT32_MAX, SHIFTMAX_N
+from .integer import as_int64, const64, dtype_of, require_exp_x0, shift_exp, storage_dtype
+from .shapes import broadcast_index, broadcast_shape, require_extent, require_int
+
+
+def _mask_reader(q: te.Tensor, mask: te.Tensor, window_mask: bool):
+    """Return index -> bool: whether the logit of q at `index` is masked out."""
+    _require_int_or_bool(mask)
+    if not window_mask:
+        if len(mask.shape) > len(q.shape):
+            raise ValueError(
+                f"shiftmax: mask has shape {tuple(mask.shape)}, more axes than q "
+                f"{tuple(q.shape)}"
+            )
+        out_shape = broadcast_shape(q.shape, mask.shape, "shiftmax (q against mask)")
+        for axis, (extent, q_extent) in enumerate(zip(out_shape, q.shape, strict=True)):
+            require_extent(q_extent, extent, "shiftmax", f"q's axis {axis} against the mask")
+        return lambda index: _is_set(mask[broadcast_index(mask.shape, index)])
+
+    if len(mask.shape) != 3 or len(q.shape) < 4:
+        raise ValueError(
+            "shiftmax: window_mask needs mask (nW, N, N) and q (..., W, heads, N, N) with W a "
+            f"multiple of nW; got mask {tuple(mask.shape)}, q {tuple(q.shape)}"
+        )
+    windows, rows, cols = mask.shape
+    if isinstance(q.shape[-4], tirx.IntImm) and isinstance(windows, tirx.IntImm):
+        if int(q.shape[-4]) % int(windows):
+            raise ValueError(
+                f"shiftmax: q's axis -4 has {q.shape[-4]} windows, not a multiple of the "
+                f"mask's nW = {windows}"
+            )
+    require_extent(q.shape[-2], rows, "shiftmax", "q's axis -2 (the mask's N)")
+    require_extent(q.shape[-1], cols, "shiftmax", "q's axis -1 (the mask's N)")
+    return lambda index: _is_set(
+        mask[tirx.floormod(index[-4], windows), index[-2], index[-1]]
+    )
+
+
+def _require_int_or_bool(mask: te.Tensor) -> None:
+    if str(mask.dtype) != "bool":
+        require_int(mask, "shiftmax", "mask")
+
+
+def _is_set(value) -> tirx.PrimExpr:
+    dtype = dtype_of(value)
+    return value if dtype == "bool" else tirx.NE(value, tirx.const(0, dtype))
+
+
+def shiftmax(
+    q: te.Tensor,
+    x0: int,
+    out_bits: int,
+    mask: te.Tensor | None = None,
+    window_mask: bool = False,
+) -> te.Tensor:
+    """functional.shiftmax: q (..., N) integer logits -> (..., N) int8/int16 at 2**-(out_bits-1).
+
+    x0 = functional.exp_x0(S) (a compile-time constant). mask (bool or int, nonzero = masked
+    out) is read in one of two ways:
+    - window_mask=False: NumPy broadcasting against q, as functional.shiftmax (the mask may not
+      be larger than q on any axis), e.g. (nW, 1, N, N) against q (B, nW, heads, N, N).
+    - window_mask=True: Swin's layout, mask (nW, N, N) against q (..., W, heads, N, N) where
+      W is nW or B*nW (windows batch-major): q[..., w, h, i, j] reads mask[w % nW, i, j].
+    """
+    require_int(q, "shiftmax", "q")
+    require_exp_x0(x0, "shiftmax")
+    if not 2 <= out_bits <= 16:
+        raise ValueError(f"shiftmax: out_bits must be in [2, 16] (int8/int16), got {out_bits}")
+    masked = None if mask is None else _mask_reader(q, mask, window_mask)
+    rows, length = q.shape[:-1], q.shape[-1]
+
+    k = te.reduce_axis((0, length), name="k")
+    row_max = te.compute(
+        rows, lambda *row: te.max(q[(*row, k)], axis=k), name="shiftmax_row_max"
+    )  # (...,) q.dtype
+
+    def exp_at(index) -> tirx.PrimExpr:  # int64 in [1, 2**31 - 1]
+        x = as_int64(q[index]) - as_int64(row_max[index[:-1]])  # <= 0
+        if masked is not None:
+            x = tirx.Select(masked(index), const64(SHIFTMAX_N * x0), x)
+        return shift_exp(x, x0, SHIFTMAX_N)
+
+    j = te.reduce_axis((0, length), name="j")
+    row_sum = te.compute(
+        rows, lambda *row: te.sum(exp_at((*row, j)), axis=j), name="shiftmax_row_sum"
+    )  # (...,) int64
+    row_factor = te.compute(
+        rows,
+        lambda *row: tirx.floordiv(
+            const64(INT32_MAX), tirx.min(row_sum[row], const64(INT32_MAX))
+        ),
+        name="shiftmax_row_factor",
+    )  # (...,) int64 in [1, 2**31 - 1]
+    return te.compute(
+        q.shape,
+        lambda *index: (
+            (exp_at(index) * row_factor[index[:-1]]) >> (32 - out_bits)
+        ).astype(storage_dtype(out_bits)),
+        name="shiftmax",
+    )  # (..., N) int8/int16
