@@ -63,6 +63,10 @@ class IntegerGraph:
     def take(self, x, indices, axis: int):
         return self.emit(relax.op.take(x, self.const(indices, "int64"), axis=axis))
 
+    def broadcast_like(self, x, like):
+        """Broadcast x to the shape of `like` (NumPy rules)."""
+        return self.emit(relax.op.broadcast_to(x, like.ty.shape))
+
     def cast(self, x, dtype: str):
         return self.emit(relax.op.astype(x, dtype))
 
@@ -110,13 +114,19 @@ class IntegerGraph:
         return out, norm.output_scale()
 
     def softmax(self, softmax: IntSoftmax, x, scale_in, mask=None):
+        """Shiftmax; a mask is Swin's (nW, N, N) against logits (B*nW, heads, N, N)."""
         x0 = qf.exp_x0(scale_in)
+        bits = softmax.output_bit
         if mask is None:
-            out = self.te(ops.shiftmax, x, x0=x0, out_bits=softmax.output_bit,
-                          name="ivit_shiftmax")
+            out = self.te(ops.shiftmax, x, x0=x0, out_bits=bits, name="ivit_shiftmax")
         else:
-            out = self.te(ops.shiftmax, x, x0, softmax.output_bit, mask, name="ivit_shiftmax")
+            out = self.te(ops.shiftmax, x, x0, bits, mask, window_mask=True,
+                          name="ivit_shiftmax_masked")
         return out, softmax.output_scale()
+
+    def sum_tokens(self, x, axis: int):
+        """Integer sum over an axis, accumulated in int32."""
+        return self.emit(relax.op.sum(self.cast(x, "int32"), axis=[axis]))
 
     def gelu(self, gelu: IntGELU, x, scale_in):
         out = self.te(ops.shiftgelu, x, x0=qf.gelu_x0(scale_in), name="ivit_shiftgelu")

@@ -68,11 +68,16 @@ def token_average(x: torch.Tensor, scale: torch.Tensor):
     instead requantizes the float mean (a non-integer) with qact3: the same value up to the
     rounding of the requantization ratio, but not an integer graph.
     """
-    scale_mean = scale / x.shape[1]  # float32
+    scale_mean = token_average_scale(scale, x.shape[1])
     if x.is_floating_point():
         q_sum = _to_int(x, scale).sum(dim=1)  # (B, C) int64
         return _ste(x.mean(dim=1) / scale_mean, q_sum.to(x.dtype)) * scale_mean, scale_mean
     return x.sum(dim=1, dtype=torch.int32), scale_mean
+
+
+def token_average_scale(scale: torch.Tensor, tokens: int) -> torch.Tensor:
+    """S / N (float32): the scale of the token sum that stands for the token mean."""
+    return scale / tokens
 
 
 class WindowAttention(nn.Module):

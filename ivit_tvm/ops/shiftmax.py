@@ -79,9 +79,15 @@ def shiftmax(
     rows, length = q.shape[:-1], q.shape[-1]
 
     k = te.reduce_axis((0, length), name="k")
+
+    def unmasked(index) -> tirx.PrimExpr:  # masked logits do not take part in the row max
+        if masked is None:
+            return q[index]
+        return tirx.Select(masked(index), tirx.min_value(dtype_of(q[index])), q[index])
+
     row_max = te.compute(
-        rows, lambda *row: te.max(q[(*row, k)], axis=k), name="shiftmax_row_max"
-    )  # (...,) q.dtype
+        rows, lambda *row: te.max(unmasked((*row, k)), axis=k), name="shiftmax_row_max"
+    )  # (...,) q.dtype, over the unmasked logits
 
     def exp_at(index) -> tirx.PrimExpr:  # int64 in [1, 2**31 - 1]
         x = as_int64(q[index]) - as_int64(row_max[index[:-1]])  # <= 0

@@ -131,9 +131,12 @@ def shiftmax(q: torch.Tensor, x0: int, out_bits: int, mask: torch.Tensor | None 
     Returns (..., N) int8 (out_bits 8) or int16 (out_bits 16).
     """
     q = _i64(q)
-    x = q - q.max(dim=-1, keepdim=True).values  # (..., N) <= 0
-    if mask is not None:
-        x = torch.where(mask.to(torch.bool), torch.full_like(x, SHIFTMAX_N * x0), x)
+    if mask is None:
+        x = q - q.max(dim=-1, keepdim=True).values  # (..., N) <= 0
+    else:  # the row max is over unmasked logits, as the public -100 float mask makes it
+        mask = mask.to(torch.bool)
+        row_max = torch.where(mask, torch.iinfo(torch.int64).min, q).max(dim=-1, keepdim=True)
+        x = torch.where(mask, torch.full_like(q, SHIFTMAX_N * x0), q - row_max.values)
     e = shift_exp(x, x0, SHIFTMAX_N)  # (..., N) int64
     total = e.sum(dim=-1, keepdim=True).clamp(max=INT32_MAX)
     factor = torch.div(INT32_MAX, total, rounding_mode="floor")  # (..., 1)
