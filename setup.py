@@ -21,6 +21,8 @@ setup(
     entry_points={
         "console_scripts": [
             "ivit-quantize=ivit_tvm.cli:quantize_cmd",
+            "ivit-compile=ivit_tvm.cli_compile:compile_cmd",
+            "ivit-run=ivit_tvm.cli_run:run_cmd",
         ],
     },
 )

@@ -9,7 +9,6 @@ write them atomically, so a failure never leaves a partial output.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from pathlib import Path
 
@@ -24,44 +23,11 @@ from .checkpoint import (
     save_checkpoint,
     unwrap_state_dict,
 )
+from .cli_common import CONTEXT, note, reports_errors
 from .models import build_model, model_config
 from .models.config import ALIASES
 from .models.fp_weights import parameter_names
 from .ptq import calibrate, folder_batches, image_files, quantize_fp, random_batches
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-EXPECTED_ERRORS = (ValueError, OSError)  # CheckpointError is a ValueError
-
-
-class CommandError(click.ClickException):
-    """A one-line error for people: `PROG: error: MESSAGE` on stderr, exit status 1."""
-
-    def __init__(self, prog: str, message: str):
-        super().__init__(message)
-        self.prog = prog
-
-    def show(self, file=None) -> None:
-        click.echo(f"{self.prog}: error: {self.message}", err=True)
-
-
-def reports_errors(command):
-    """Turn the expected errors raised inside a click command into a `CommandError`."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except EXPECTED_ERRORS as err:
-            prog = click.get_current_context().command.name
-            message = " ".join(str(err).split()) or type(err).__name__
-            raise CommandError(prog, message) from err
-
-    return wrapper
-
-
-def note(message: str) -> None:
-    """A remark for the user on stderr (stdout carries the command's result)."""
-    click.echo(f"note: {message}", err=True)
 
 
 @click.command("ivit-quantize", context_settings=CONTEXT)

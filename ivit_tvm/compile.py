@@ -1,0 +1,143 @@
+"""The compile pipeline: checkpoint -> Relax -> integer passes -> target build -> artifact.
+
+    report = compile_checkpoint("ckpt.pth", "llvm", out="deit.ivit")
+
+Each stage is one call; `compile_checkpoint` strings them together with a progress bar and
+writes the artifact atomically (artifact.AtomicFolder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tvm
+from tqdm import tqdm
+
+from . import __version__
+from .artifact import LIBRARY, AtomicFolder, check_output_path, write_manifest
+from .frontend import FrontendResult, from_model
+
+TARGET_KINDS = ("llvm", "cuda")
+
+
+@dataclass
+class CompileReport:
+    out: Path
+    target: dict
+    seconds: dict = field(default_factory=dict)  # stage -> wall seconds
+    library_bytes: int = 0
+    contents: str = ""
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+
+def make_target(kind: str, arch: str | None = None, mcpu: str | None = None) -> tvm.target.Target:
+    """A TVM target from the CLI's words (schedules.targets holds the rules)."""
+    from schedules.targets import make_target as _make
+
+    return _make(kind, arch=arch, mcpu=mcpu)
+
+
+def apply_graph_passes(result: FrontendResult, target: tvm.target.Target) -> FrontendResult:
+    from relay_passes import integer_pipeline
+
+    result.mod = integer_pipeline(target.kind.name)(result.mod)
+    return result
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target):
+    """Compile for the target: a Relax VM executable."""
+    if target.kind.name == "cuda":
+        from schedules.cuda.build import build_cuda
+
+        return build_cuda(mod, target)
+    from schedules.cpu.pipeline import cpu_pipeline
+
+    return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+
+
+def export(executable, target: tvm.target.Target, folder: Path) -> str:
+    """Write the library into `folder`; returns a sentence saying what it holds."""
+    if target.kind.name == "cuda":
+        from schedules.cuda.build import export_cuda
+
+        return export_cuda(executable, target, folder / LIBRARY)
+    executable.export_library(str(folder / LIBRARY))
+    return f"native {target.kind.name} library; runs with the TVM runtime on this CPU type"
+
+
+def versions() -> dict:
+    import torch
+
+    return {"ivit_tvm": __version__, "tvm": tvm.__version__, "torch": torch.__version__}
+
+
+def compile_model(model, target: tvm.target.Target, out: str | os.PathLike,
+                  batch: int | None = None, force: bool = False, source: str = "",
+                  progress: bool = True) -> CompileReport:
+    """Compile a loaded, frozen I-ViT model into an artifact folder at `out`."""
+    out = check_output_path(out, force)
+    report = CompileReport(out=out, target=json.loads(str(target)))
+    stages = ["frontend", "graph passes", "build", "export"]
+    bar = tqdm(total=len(stages), desc="ivit-compile", unit="stage", disable=not progress)
+
+    def stage(name: str):
+        bar.set_postfix_str(name)
+        return time.perf_counter()
+
+    def done(name: str, start: float):
+        report.seconds[name] = round(time.perf_counter() - start, 3)
+        bar.update(1)
+
+    try:
+        t = stage("frontend")
+        result = from_model(model, batch=batch)
+        done("frontend", t)
+        t = stage("graph passes")
+        result = apply_graph_passes(result, target)
+        done("graph passes", t)
+        t = stage("build")
+        executable = build(result.mod, target)
+        done("build", t)
+        with AtomicFolder(out) as folder:
+            t = stage("export")
+            report.contents = export(executable, target, folder)
+            report.library_bytes = (folder / LIBRARY).stat().st_size
+            write_manifest(folder, {
+                "source": source,
+                "config": model.config.to_dict(),
+                "input_scale": result.input_scale,
+                "input_bits": model.qact_input.activation_bit,
+                "input_shape": list(result.input_shape),
+                "logits_scale": [float(v) for v in result.logits_scale],
+                "target": report.target,
+                "entry_points": {"main": "float32 NCHW images -> int32 logits",
+                                 "main_int8": "int8 NCHW images -> int32 logits"},
+                "contents": report.contents,
+                "versions": versions(),
+                "compile_seconds": report.seconds,
+            })
+            done("export", t)
+    finally:
+        bar.close()
+    return report
+
+
+def compile_checkpoint(checkpoint: str | os.PathLike, target_kind: str, out: str | os.PathLike,
+                       arch: str | None = None, mcpu: str | None = None,
+                       batch: int | None = None, force: bool = False, name: str | None = None,
+                       progress: bool = True) -> CompileReport:
+    """Load a checkpoint (ivit_tvm.checkpoint) and compile it (see compile_model)."""
+    from .checkpoint import load_checkpoint
+
+    target = make_target(target_kind, arch=arch, mcpu=mcpu)
+    check_output_path(out, force)
+    model, _info = load_checkpoint(checkpoint, name=name)
+    return compile_model(model, target, out, batch=batch, force=force,
+                         source=str(Path(checkpoint).resolve()), progress=progress)

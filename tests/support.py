@@ -1,0 +1,53 @@
+"""Shared test models and helpers: reduced DeiT/Swin configurations, calibrated once."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ivit_tvm.models import build_model, model_config
+from ivit_tvm.ptq import calibrate, random_batches
+from ivit_tvm.quant import IntGELU, IntSoftmax, QuantAct, QuantMatMul
+
+DEIT = model_config("deit_tiny", img_size=32, patch_size=8, depth=2, num_classes=10)
+# Stage 0: 8x8 tokens in 4x4 windows (block 1 shifted, masked); stage 1: 4x4, one window.
+SWIN = model_config("swin_tiny", img_size=32, patch_size=4, embed_dim=48, depths=(2, 2),
+                    num_heads=(3, 6), window_size=4, num_classes=10)
+
+
+@functools.cache
+def quantized(config, seed: int = 0):
+    """A calibrated model, shared by the tests (none of them changes it)."""
+    torch.manual_seed(seed)
+    return calibrate(build_model(config), random_batches(config, 2, 4, seed=seed))
+
+
+def images(config, seed: int, batch: int = 3) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, config.in_chans, config.img_size, config.img_size, generator=gen)
+
+
+def assert_same_outputs(saved, loaded, config) -> None:
+    x = images(config, seed=42)
+    with torch.no_grad():
+        assert torch.equal(saved(x), loaded(x))
+    logits, scale = saved.forward_integer(x)
+    logits_2, scale_2 = loaded.forward_integer(x)
+    assert torch.equal(logits, logits_2) and torch.equal(scale, scale_2)
+
+
+def public_release_state(model) -> dict[str, torch.Tensor]:
+    """Our state_dict with scales in the shapes I-ViT's public release saves: QuantAct,
+    matmul and softmax scales as [], GELU's per channel [C], I-LayerNorm's [C]."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for name, module in model.named_modules():
+        key = f"{name}.act_scaling_factor"
+        if isinstance(module, QuantAct | QuantMatMul | IntSoftmax):
+            state[key] = state[key].reshape(())
+        elif isinstance(module, IntGELU):
+            hidden = model.get_submodule(name.rpartition(".")[0]).fc1.out_features
+            state[key] = state[key].expand(hidden).clone()
+    return state
+
+
