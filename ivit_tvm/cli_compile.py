@@ -25,7 +25,8 @@ def parse_batch(value: str) -> int | None:
                    "cuda: NVIDIA GPU kernels (int8 DP4A/tensor cores) for --arch.")
 @click.option("--arch", default=None, metavar="sm_XX",
               help="CUDA architecture, e.g. sm_80 (A100), sm_86, sm_89, sm_90 (H100/H200). "
-                   "Default sm_80. Ignored for llvm.")
+                   "Default: the local GPU's; required on a machine without one. Ignored for "
+                   "llvm.")
 @click.option("--mcpu", default=None, metavar="CPU",
               help="LLVM CPU name for --target llvm, e.g. cascadelake, znver4. Default: the "
                    "host CPU.")

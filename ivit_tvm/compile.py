@@ -41,13 +41,16 @@ def make_target(kind: str, arch: str | None = None, mcpu: str | None = None) -> 
     """A TVM target from the CLI's words (schedules.targets holds the rules)."""
     from schedules.targets import make_target as _make
 
-    return _make(kind, arch=arch, mcpu=mcpu)
+    if kind not in TARGET_KINDS:
+        raise ValueError(f"target {kind!r} not supported: choose one of {', '.join(TARGET_KINDS)}")
+    return _make(kind, arch=mcpu if kind == "llvm" else arch)
 
 
 def apply_graph_passes(result: FrontendResult, target: tvm.target.Target) -> FrontendResult:
     from relay_passes import integer_pipeline
 
-    result.mod = integer_pipeline(target.kind.name)(result.mod)
+    # Weight packing waits until the CPU schedule reads packed, fused GEMMs (see schedules/cpu).
+    result.mod = integer_pipeline(target.kind.name, pack_weights=False)(result.mod)
     return result
 
 
