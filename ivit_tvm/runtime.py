@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
@@ -16,11 +17,30 @@ import numpy as np
 from .artifact import LIBRARY, ArtifactError, read_manifest
 
 
+def import_tvm():
+    """`import tvm`, plus its CUDA runtime when only the runtime library is loaded.
+
+    With TVM_USE_RUNTIME_LIB=1 (runtime-only deployments) TVM loads libtvm_runtime alone and
+    never its CUDA part, so CUDA artifacts would not load ("cuda not registered"): load it here.
+    """
+    import tvm
+
+    loaded = getattr(tvm.base, "_LOADED_LIBS", {})
+    if "tvm_runtime" in loaded and "tvm_runtime_cuda" not in loaded:
+        cuda_lib = Path(loaded["tvm_runtime"]._name).resolve().parent / "libtvm_runtime_cuda.so"
+        if cuda_lib.is_file():
+            try:
+                loaded["tvm_runtime_cuda"] = ctypes.CDLL(str(cuda_lib), mode=ctypes.RTLD_GLOBAL)
+            except OSError:  # no CUDA driver on this machine: CPU artifacts still run
+                pass
+    return tvm
+
+
 class CompiledModel:
     """A loaded artifact: call `run` / `run_int` / `run_int8` on NumPy arrays."""
 
     def __init__(self, path: str | os.PathLike, device: str | None = None):
-        import tvm  # the runtime part only; see tvm-0.27 notes (TVM_USE_RUNTIME_LIB=1)
+        tvm = import_tvm()
         from tvm.runtime.vm import VirtualMachine
 
         self.path = Path(path)

@@ -1,0 +1,214 @@
+"""Prepare .gpu_carry/ here (no GPU needed) for benchmarks/gpu/run.sh on the GPU machine.
+
+    .venv/bin/python -m benchmarks.gpu.prepare [--arch sm_90]
+
+Writes, into .gpu_carry/ (ignored by git through its own .gitignore):
+- tvm_runtime.tar.gz: the TVM runtime for Python 3.12 (libtvm_runtime, its CUDA library,
+  tvm-ffi, the Python sources; no compiler), cut from the PyPI wheels, plus libcudart.so.13;
+- <model>.so: CUDA artifacts (kernels compiled to SASS + PTX for --arch, weights inside);
+- <model>_ref.npz: float images and PyTorch's integer logits (forward_integer) per batch;
+- manifest.json: what is there, for check.py and bench.py.
+Models: reduced DeiT and Swin (correctness) and DeiT-S (correctness at batch 2, timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+CARRY = REPO / ".gpu_carry"
+WHEEL_CACHE = Path.home() / ".cache" / "ivit-tvm" / "wheels"  # downloads, outside the carry
+WHEELS = {"apache-tvm": "0.27.0.post1", "apache-tvm-ffi": "0.1.14.post0"}
+RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_runtime_cuda.so", "libtvm_runtime_extra.so")
+SKIP_PREFIXES = ("tvm/3rdparty/", "tvm/src/", "tvm/include/", "tvm/web/", "tvm_ffi/3rdparty/",
+                 "tvm_ffi/include/", "tvm_ffi/src/", "tvm_ffi/cython/")
+CARRY_BUDGET_MIB = 40
+
+# name -> (create_model name, overrides, batches with references, kind)
+MODELS = {
+    "deit_reduced": ("deit_tiny", dict(img_size=32, patch_size=8, depth=2, num_classes=10),
+                     (1, 3)),
+    "swin_reduced": ("swin_tiny", dict(img_size=32, depths=(2, 2), num_heads=(3, 6),
+                                       embed_dim=48, window_size=4, num_classes=10), (1, 3)),
+    "deit_small": ("deit_small", {}, (2,)),
+}
+
+
+def log(message: str) -> None:
+    print(f"[prepare {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---- the TVM runtime for the GPU machine ------------------------------------------------
+def download_wheels() -> list[Path]:
+    """The two wheels for CPython 3.12 manylinux x86-64 (pip download, cached)."""
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    found = []
+    for name, version in WHEELS.items():
+        stem = name.replace("-", "_") + f"-{version}-"
+        wheels = sorted(WHEEL_CACHE.glob(f"{stem}*.whl"))
+        if not wheels:
+            log(f"pip download {name}=={version} (py3.12, manylinux_2_28_x86_64)")
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                 "--python-version", "3.12", "--platform", "manylinux_2_28_x86_64",
+                 "-d", str(WHEEL_CACHE), f"{name}=={version}"],
+                check=True,
+            )
+            wheels = sorted(WHEEL_CACHE.glob(f"{stem}*.whl"))
+        found.append(wheels[-1])
+    return found
+
+
+def keep_member(name: str) -> bool:
+    """Whether a wheel member belongs in the runtime-only install."""
+    if name.startswith(SKIP_PREFIXES):
+        return False
+    if name.startswith("tvm/lib/"):
+        return Path(name).name in RUNTIME_LIBS
+    return True
+
+
+def cuda_runtime_library() -> Path | None:
+    """libcudart.so.13 from this venv's nvidia-cuda-runtime (TVM's CUDA library needs it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    for root in spec.submodule_search_locations if spec else []:
+        for candidate in Path(root).glob("cu*/lib/libcudart.so.13"):
+            return candidate
+    return None
+
+
+def write_runtime_tarball(path: Path) -> dict:
+    members = 0
+    with tarfile.open(path, "w:gz", compresslevel=9) as tar:
+        for wheel in download_wheels():
+            with zipfile.ZipFile(wheel) as archive:
+                for info in archive.infolist():
+                    if info.is_dir() or not keep_member(info.filename):
+                        continue
+                    data = archive.read(info)
+                    entry = tarfile.TarInfo(info.filename)
+                    entry.size = len(data)
+                    entry.mode = 0o755 if info.filename.endswith(".so") else 0o644
+                    tar.addfile(entry, io.BytesIO(data))
+                    members += 1
+        cudart = cuda_runtime_library()
+        if cudart is not None:
+            tar.add(cudart, arcname="tvm/lib/libcudart.so.13")
+    return {"file": path.name, "members": members, "bytes": path.stat().st_size,
+            "cudart": cudart is not None}
+
+
+# ---- models, artifacts, references ------------------------------------------------------
+def calibrated_model(name: str, overrides: dict, seed: int = 0):
+    import torch
+
+    from ivit_tvm.models import create_model
+    from ivit_tvm.quant import set_calibration
+
+    torch.manual_seed(seed)
+    model = create_model(name, **overrides).eval()
+    cfg = model.config
+    images = torch.randn(3, cfg.in_chans, cfg.img_size, cfg.img_size)
+    with torch.no_grad():
+        for _ in range(3):
+            model(images)
+        set_calibration(model, False)
+        model(images)
+    return model
+
+
+def references(model, batches, seed: int = 1) -> dict[str, np.ndarray]:
+    """Float images and PyTorch's integer logits per batch size."""
+    import torch
+
+    cfg = model.config
+    generator = torch.Generator().manual_seed(seed)
+    arrays = {}
+    with torch.no_grad():
+        for batch in batches:
+            images = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size,
+                                 generator=generator)
+            logits = model.forward_integer(images)[0]
+            arrays[f"images_b{batch}"] = images.numpy().astype(np.float32)
+            arrays[f"logits_b{batch}"] = logits.numpy().astype(np.int32)
+    return arrays
+
+
+def prepare_model(name: str, arch: str, out: Path) -> dict:
+    from ivit_tvm.frontend import from_model
+    from schedules.cuda.build import export_cuda_library
+    from schedules.targets import make_target
+
+    model_name, overrides, batches = MODELS[name]
+    started = time.time()
+    model = calibrated_model(model_name, overrides)
+    log(f"{name}: model ready ({time.time() - started:.0f} s)")
+    result = from_model(model)
+    refs = references(model, batches)
+    np.savez(out / f"{name}_ref.npz", **refs)
+    log(f"{name}: references for batches {list(batches)} ({time.time() - started:.0f} s)")
+    build_started = time.time()
+    info = export_cuda_library(result.mod, make_target("cuda", arch), out / f"{name}.so")
+    build_s = time.time() - build_started
+    log(f"{name}: {info.path.name} {info.size_bytes / 2**20:.1f} MiB, built in {build_s:.0f} s")
+    return {
+        "name": name, "status": "ok", "file": info.path.name, "reference": f"{name}_ref.npz",
+        "arch": arch, "batches": list(batches), "bytes": info.size_bytes,
+        "modules": info.device_modules, "driver": info.driver, "build_s": round(build_s, 1),
+        "config": model.config.to_dict(), "input_shape": list(result.input_shape),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="sm_90", help='GPU arch, "sm_90" for the H200')
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    args = parser.parse_args(argv)
+
+    if CARRY.exists():
+        shutil.rmtree(CARRY)
+    CARRY.mkdir()
+    (CARRY / ".gitignore").write_text("*\n")  # ignored, so the device tool carries it only
+    manifest = {"arch": args.arch, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "commit": _git_commit(), "models": {}}
+    log("TVM runtime tarball")
+    manifest["runtime"] = write_runtime_tarball(CARRY / "tvm_runtime.tar.gz")
+    log(f"runtime: {manifest['runtime']['bytes'] / 2**20:.1f} MiB")
+    for name in args.models:
+        try:
+            manifest["models"][name] = prepare_model(name, args.arch, CARRY)
+        except Exception as error:  # one model's failure leaves the others
+            log(f"{name}: NOT PREPARED: {type(error).__name__}: {error}")
+            manifest["models"][name] = {"name": name, "status": "not prepared",
+                                        "error": f"{type(error).__name__}: {error}"[:2000]}
+    (CARRY / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    total = sum(f.stat().st_size for f in CARRY.iterdir() if f.is_file())
+    log(f".gpu_carry: {total / 2**20:.1f} MiB in {len(list(CARRY.iterdir()))} files")
+    if total > CARRY_BUDGET_MIB * 2**20:
+        log(f"WARNING: over the {CARRY_BUDGET_MIB} MiB carry budget")
+    return 0
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Integer GEMM schedule for CUDA: ivit_dense and ivit_batch_matmul with their fused epilogues.
+
+A fused GEMM PrimFunc holds one int32 sum-of-products block (int8 x int8, or attention's
+int16 x int8) and elementwise epilogue blocks (bias, requantize, residual add, cast). The rule
+normalizes the GEMM to C[S, I, J] += A[S, I, K] * B[S, J, K] (dlight's index maps), pads I, J
+and K to the tile, stages A and B tiles in shared memory, keeps each thread's C micro-tile in
+registers and computes the epilogue on the way back to global memory. With int8 operands the
+inner product over 4 consecutive k is one `__dp4a` (a 4-way int8 dot product into int32).
+
+dlight's own Matmul rule is not used for these: its int8 tensor-core path fails on the fused
+epilogues (compute-at into a non-stage-pipeline scope), and it would not emit dp4a otherwise.
+`GemmStrategy` names the inner-product implementation; tensor cores (mma.sync m16n8k32 s8,
+recipe in docs/tvm-0.27-notes.md) would be a second strategy behind the same matcher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import get_root_block
+from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
+from tvm.s_tir.dlight.gpu.matmul import (
+    auto_inline_consumer_chain,
+    auto_inline_producers,
+    get_index_map,
+    get_reduction_blocks,
+)
+from tvm.target import Target
+
+from . import intrin
+
+INT_INPUTS = ("int8", "int16")
+
+
+class GemmStrategy(Enum):
+    """How a thread computes its inner products."""
+
+    DP4A = "dp4a"  # int8 x int8: __dp4a over k in groups of 4 (sm_61+); else a scalar loop
+    SCALAR = "scalar"  # a plain multiply-add loop (any integer operands)
+
+
+@dataclass(frozen=True)
+class GemmTile:
+    """Block tile (threads_y * micro_y) x (threads_x * micro_x), k staged k_tile at a time."""
+
+    threads_y: int = 16
+    threads_x: int = 16
+    micro_y: int = 4
+    micro_x: int = 4
+    k_tile: int = 32
+    unroll: int = 256
+
+    @property
+    def block_y(self) -> int:
+        return self.threads_y * self.micro_y
+
+    @property
+    def block_x(self) -> int:
+        return self.threads_x * self.micro_x
+
+
+@dataclass(frozen=True)
+class GemmMatch:
+    """What the rule found in a PrimFunc: the GEMM block and its operands' properties."""
+
+    block: s_tir.schedule.SBlockRV
+    dtypes: tuple[str, str]
+    k_contiguous: tuple[bool, bool]  # operand's last axis is the reduction axis
+    last_extent: tuple[int | None, int | None]  # static extent of each operand's last axis
+
+
+def _static(extent) -> int | None:
+    return int(extent) if isinstance(extent, tirx.IntImm | int) else None
+
+
+def match_integer_gemm(sch: s_tir.Schedule) -> GemmMatch | None:
+    """The single int32 GEMM block of the function with int8/int16 operands, or None."""
+    blocks = sch.get_child_blocks(get_root_block(sch))
+    reductions = get_reduction_blocks(sch, blocks)
+    if reductions is None:
+        return None
+    block = reductions[0]
+    stmt = sch.get(block)
+    if len(stmt.reads) != 2 or len(stmt.writes) != 1:
+        return None
+    if str(stmt.writes[0].source.dtype) != "int32":
+        return None
+    dtypes = tuple(str(region.source.dtype) for region in stmt.reads)
+    if not all(dtype in INT_INPUTS for dtype in dtypes):
+        return None
+    if get_index_map(stmt) is None:
+        return None
+    reduce_vars = {iv.var for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce}
+    k_contiguous = tuple(
+        isinstance(region.region[-1].min, tirx.Var) and region.region[-1].min in reduce_vars
+        for region in stmt.reads
+    )
+    last_extent = tuple(_static(region.source.shape[-1]) for region in stmt.reads)
+    return GemmMatch(block, dtypes, k_contiguous, last_extent)
+
+
+def _vector_lanes(match: GemmMatch, operand: int, tile: GemmTile) -> int:
+    """Lanes of the global->shared copy: aligned, contiguous 4-byte loads where provable."""
+    extent = match.last_extent[operand]
+    if not match.k_contiguous[operand] or extent is None:
+        return 1
+    lanes = 4 if match.dtypes[operand] == "int8" else 2  # 4 bytes per thread and load
+    while lanes > 1 and (extent % lanes or tile.k_tile % lanes):
+        lanes //= 2
+    return lanes
+
+
+class IntegerGemm(GPUScheduleRule):
+    """Shared-memory tiled integer GEMM with a fused epilogue; dp4a for int8 x int8."""
+
+    def __init__(self, strategy: GemmStrategy = GemmStrategy.DP4A, tile: GemmTile | None = None):
+        self.strategy = strategy
+        self.tile = tile or GemmTile()
+        if self.tile.k_tile % 4:
+            raise ValueError(f"GemmTile.k_tile must be a multiple of 4, got {self.tile.k_tile}")
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        match = match_integer_gemm(sch)
+        if match is None:
+            return None
+        use_dp4a = self.strategy is GemmStrategy.DP4A and match.dtypes == ("int8", "int8")
+        self._schedule(sch, match, use_dp4a)
+        return sch
+
+    def _schedule(self, sch: s_tir.Schedule, match: GemmMatch, use_dp4a: bool) -> None:
+        tile = self.tile
+        main = match.block
+
+        # C[S, I, J] += A[S, I, K] * B[S, J, K], each padded to whole tiles.
+        reindex_a = sch.reindex(main, ("read", 0))
+        reindex_b = sch.reindex(main, ("read", 1))
+        reindex_c = sch.reindex(main, ("write", 0))
+        matmul_map, a_map, b_map, c_map = get_index_map(sch.get(main))
+        sch.transform_layout(reindex_a, ("write", 0), a_map)
+        sch.transform_layout(reindex_b, ("write", 0), b_map)
+        sch.transform_layout(reindex_c, ("read", 0), c_map)
+        sch.transform_block_layout(main, matmul_map)
+        sch.pad_einsum(main, [1, tile.block_y, tile.block_x, tile.k_tile])
+
+        batch, y, x, k = sch.get_loops(main)
+        by, ty, yi = sch.split(y, [None, tile.threads_y, tile.micro_y])
+        bx, tx, xi = sch.split(x, [None, tile.threads_x, tile.micro_x])
+        ko, kc, k4 = sch.split(k, [None, tile.k_tile // 4, 4])
+        sch.reorder(by, bx, ty, tx, ko, kc, yi, xi, k4)
+        by = sch.fuse(batch, by)
+        sch.bind(by, "blockIdx.x")  # rows (batch x tokens) may be many: x has 2**31 blocks
+        sch.bind(bx, "blockIdx.y")
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(tx, "threadIdx.x")
+        sch.annotate(tx, ann_key="pragma_auto_unroll_max_step", ann_val=tile.unroll)
+        sch.annotate(tx, ann_key="pragma_unroll_explicit", ann_val=1)
+
+        store = sch.cache_write(main, 0, "local")  # the micro-tile of C in registers
+        sch.reverse_compute_at(store, tx, preserve_unit_loops=True)
+
+        for operand in (0, 1):
+            fetch = sch.cache_read(main, operand, "shared")
+            sch.compute_at(fetch, ko, preserve_unit_loops=True)
+            lanes = _vector_lanes(match, operand, tile)
+            rows, cols = sch.get_loops(fetch)[-2:]
+            f_ty, f_tx, _, vec = sch.split(
+                sch.fuse(rows, cols), [tile.threads_y, tile.threads_x, None, lanes]
+            )
+            sch.vectorize(vec)
+            sch.bind(f_ty, "threadIdx.y")
+            sch.bind(f_tx, "threadIdx.x")
+            # Row stride k_tile + 4 bytes-worth: the 16 rows one warp reads lie in distinct banks.
+            sch.storage_align(fetch, 0, axis=1, factor=tile.k_tile, offset=4)
+            auto_inline_producers(sch, fetch)
+
+        auto_inline_consumer_chain(sch, store)
+        sch.decompose_reduction(main, ko)
+        if use_dp4a:
+            intrin.register()
+            sch.tensorize(k4, intrin.DP4A_S8S8S32)

@@ -1,0 +1,124 @@
+"""The Relax pipeline for CUDA: legalize, fuse, schedule every PrimFunc for the GPU, lower.
+
+    ex = tvm.compile(mod, target, relax_pipeline=cuda_pipeline(target))
+
+Schedules, first match wins: the project's integer GEMM (dp4a; gemm.py) and row kernels
+(rowwise.py), then dlight's generic GPU rules for the rest (reshapes, transposes,
+elementwise requantize, the input quantizer). A PrimFunc that leaves the schedulers without
+thread bindings is an error naming it, not a failure deep inside codegen.
+Where a CUDA driver is loaded, build through build.build_cuda: TVM's default kernel compiler
+(NVRTC) forces --use_fast_math, whose approximate division breaks the input quantizer.
+"""
+
+from __future__ import annotations
+
+import tvm
+import tvm_ffi
+from tvm import relax, tirx
+from tvm.relax.backend.cuda import pipeline as cuda_backend
+from tvm.s_tir import dlight
+
+from .gemm import GemmStrategy, GemmTile, IntegerGemm
+from .rowwise import RowReduction
+
+
+def schedule_rules(
+    strategy: GemmStrategy = GemmStrategy.DP4A, tile: GemmTile | None = None
+) -> list:
+    """The ordered dlight rules that schedule an ivit-tvm module (first match wins)."""
+    return [
+        IntegerGemm(strategy, tile),
+        RowReduction(),
+        dlight.gpu.Matmul(),
+        dlight.gpu.GEMV(),
+        dlight.gpu.Reduction(),
+        dlight.gpu.GeneralReduction(),
+        dlight.gpu.Fallback(),
+    ]
+
+
+def has_thread_binding(func: tirx.PrimFunc) -> bool:
+    """True when a loop of `func` is bound to a GPU thread or block index."""
+    found = False
+
+    def visit_for(node: tirx.For) -> None:
+        nonlocal found
+        found = found or node.kind == tirx.ForKind.THREAD_BINDING
+
+    def visit_attr(node: tirx.AttrStmt) -> None:
+        nonlocal found
+        found = found or node.attr_key == "thread_extent"
+
+    tvm_ffi.structural_walk(
+        func.body, [(tirx.For, visit_for), (tirx.AttrStmt, visit_attr)], order="post"
+    )
+    return found
+
+
+def unscheduled_functions(mod: tvm.IRModule) -> list[str]:
+    """Names of the PrimFuncs in `mod` without any GPU thread binding."""
+    return sorted(
+        gv.name_hint
+        for gv, func in mod.functions_items()
+        if isinstance(func, tirx.PrimFunc) and not has_thread_binding(func)
+    )
+
+
+@tvm.transform.module_pass(opt_level=0, name="RequireGPUSchedule")
+def require_gpu_schedule(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Fail with the names of PrimFuncs that no rule scheduled for the GPU."""
+    missing = unscheduled_functions(mod)
+    if missing:
+        raise RuntimeError(
+            f"no GPU schedule for {len(missing)} PrimFunc(s): {', '.join(missing)}; add a rule "
+            "for them in schedules/cuda/pipeline.py:schedule_rules"
+        )
+    return mod
+
+
+def fusion_passes() -> list[tvm.transform.Pass]:
+    """Relax ops -> TIR, then fuse each GEMM/row op with its elementwise epilogue."""
+    return [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+def cuda_pipeline(
+    target: tvm.target.Target,
+    strategy: GemmStrategy = GemmStrategy.DP4A,
+    tile: GemmTile | None = None,
+) -> tvm.transform.Pass:
+    """The relax_pipeline for tvm.compile on a CUDA target (see the module docstring)."""
+    if target.kind.name != "cuda":
+        raise ValueError(f"cuda_pipeline needs a cuda target, got {target.kind.name!r}")
+
+    @tvm.transform.module_pass(opt_level=0, name="IViTCudaPipeline")
+    def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            passes = [
+                *cuda_backend.library_dispatch_passes(target),
+                *fusion_passes(),
+                dlight.ApplyDefaultSchedule(*schedule_rules(strategy, tile)),
+                require_gpu_schedule,
+                *cuda_backend.dataflow_lower_passes(target),
+                *cuda_backend.finalize_passes(target),
+            ]
+            return tvm.transform.Sequential(passes)(mod)
+
+    return pipeline
+
+
+def schedule_module(
+    mod: tvm.IRModule,
+    target: tvm.target.Target,
+    strategy: GemmStrategy = GemmStrategy.DP4A,
+    tile: GemmTile | None = None,
+) -> tvm.IRModule:
+    """Fuse and schedule `mod` (no lowering): the scheduled PrimFuncs, for inspection/tests."""
+    with target:
+        passes = [*fusion_passes(), dlight.ApplyDefaultSchedule(*schedule_rules(strategy, tile))]
+        return tvm.transform.Sequential(passes)(mod)
