@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..quant import IntLayerNorm, IntSoftmax, QuantAct, QuantLinear, QuantMatMul
-from ..quant.modules import _ste, _to_int, attention_scale
+from ..quant.modules import attention_scale, ste, to_int
 from .config import SwinConfig
 from .layers import Mlp, PatchEmbed, scale_logits
 
@@ -70,8 +70,8 @@ def token_average(x: torch.Tensor, scale: torch.Tensor):
     """
     scale_mean = token_average_scale(scale, x.shape[1])
     if x.is_floating_point():
-        q_sum = _to_int(x, scale).sum(dim=1)  # (B, C) int64
-        return _ste(x.mean(dim=1) / scale_mean, q_sum.to(x.dtype)) * scale_mean, scale_mean
+        q_sum = to_int(x, scale).sum(dim=1)  # (B, C) int64
+        return ste(x.mean(dim=1) / scale_mean, q_sum.to(x.dtype)) * scale_mean, scale_mean
     return x.sum(dim=1, dtype=torch.int32), scale_mean
 
 

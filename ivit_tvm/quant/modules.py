@@ -39,12 +39,12 @@ def _channels_last(value, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(value, device=like.device)
 
 
-def _ste(surrogate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+def ste(surrogate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     """Value of `exact`, gradient of `surrogate` (straight-through estimator)."""
     return surrogate + (exact - surrogate).detach()
 
 
-def _to_int(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def to_int(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The integer behind a fake-quant float tensor: round(x / S) as int64 (no gradient)."""
     return torch.round(x.detach() / scale.detach()).to(torch.int64)
 
@@ -107,11 +107,11 @@ class QuantAct(nn.Module):
             q_out = self.quantize(x)
             surrogate = x / out_scale
         else:
-            q_in = _to_int(x, scale_in)
-            q_id = None if identity is None else _to_int(identity, identity_scale)
+            q_in = to_int(x, scale_in)
+            q_id = None if identity is None else to_int(identity, identity_scale)
             q_out = self._requantize(q_in, scale_in, q_id, identity_scale)
             surrogate = x / out_scale if identity is None else (x + identity) / out_scale
-        return _ste(surrogate, q_out.to(x.dtype)) * out_scale, out_scale
+        return ste(surrogate, q_out.to(x.dtype)) * out_scale, out_scale
 
     def _requantize(self, q_in, scale_in, q_identity, identity_scale):
         multiplier, shift = requant_params(scale_in, self.scale())
@@ -142,12 +142,12 @@ def quantize_weights(layer: nn.Module, scale_in: torch.Tensor, scale_buffer: str
     w_scale = symmetric_scale(layer.weight_bit, rows.min(dim=1).values, rows.max(dim=1).values)
     w_scale_b = w_scale.reshape(-1, *([1] * (w.dim() - 1)))
     w_low, w_high = qf.qrange(layer.weight_bit)
-    w_q = _ste(w / w_scale_b, torch.round(w.detach() / w_scale_b).clamp(w_low, w_high))
+    w_q = ste(w / w_scale_b, torch.round(w.detach() / w_scale_b).clamp(w_low, w_high))
     bias_scale = w_scale * scale_in.reshape(-1).to(torch.float32)  # (out,) float32
     b_q = None
     if layer.bias is not None:
         b_low, b_high = qf.qrange(layer.bias_bit)
-        b_q = _ste(layer.bias / bias_scale,
+        b_q = ste(layer.bias / bias_scale,
                    torch.round(layer.bias.detach() / bias_scale).clamp(b_low, b_high))
     with torch.no_grad():
         setattr(layer, scale_buffer, w_scale.detach().clone())
@@ -263,10 +263,10 @@ class IntSoftmax(nn.Module):
         x0 = qf.exp_x0(scale_in)
         if is_integer(x):
             return qf.shiftmax(x, x0, self.output_bit, mask), out_scale
-        y = qf.shiftmax(_to_int(x, scale_in), x0, self.output_bit, mask)
+        y = qf.shiftmax(to_int(x, scale_in), x0, self.output_bit, mask)
         logits = x if mask is None else x.masked_fill(mask.to(torch.bool), float("-inf"))
         surrogate = F.softmax(logits, dim=-1) / out_scale
-        return _ste(surrogate, y.to(x.dtype)) * out_scale, out_scale
+        return ste(surrogate, y.to(x.dtype)) * out_scale, out_scale
 
 
 class IntGELU(nn.Module):
@@ -289,9 +289,9 @@ class IntGELU(nn.Module):
         x0 = qf.gelu_x0(scale_in)
         if is_integer(x):
             return qf.shiftgelu(x, x0), out_scale
-        y = qf.shiftgelu(_to_int(x, scale_in), x0)
+        y = qf.shiftgelu(to_int(x, scale_in), x0)
         surrogate = x * torch.sigmoid(qf.GELU_SIGMOID_ALPHA * x) / out_scale
-        return _ste(surrogate, y.to(x.dtype)) * out_scale, out_scale
+        return ste(surrogate, y.to(x.dtype)) * out_scale, out_scale
 
 
 class IntLayerNorm(nn.LayerNorm):
@@ -300,7 +300,7 @@ class IntLayerNorm(nn.LayerNorm):
 
     def __init__(self, normalized_shape: int, eps: float = 1e-6):
         super().__init__(normalized_shape, eps=eps)
-        self.register_buffer("norm_scaling_factor", torch.zeros(1))
+        self.register_buffer("norm_scaling_factor", torch.zeros(normalized_shape))
         self.register_buffer("bias_integer", torch.zeros_like(self.bias))
 
     def base_scale(self) -> torch.Tensor:
@@ -323,9 +323,9 @@ class IntLayerNorm(nn.LayerNorm):
         with torch.no_grad():
             self.bias_integer = bias_q.clone()
             self.norm_scaling_factor = out_scale.clone()
-        y = qf.int_layernorm(_to_int(x, scale_in), bias_q.to(torch.int64))
+        y = qf.int_layernorm(to_int(x, scale_in), bias_q.to(torch.int64))
         surrogate = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return _ste(surrogate / out_scale, y.to(x.dtype)) * out_scale, out_scale
+        return ste(surrogate / out_scale, y.to(x.dtype)) * out_scale, out_scale
 
 
 def attention_scale(head_dim: int) -> float:
