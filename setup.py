@@ -23,6 +23,10 @@ setup(
             "ivit-quantize=ivit_tvm.cli:quantize_cmd",
             "ivit-compile=ivit_tvm.cli_compile:compile_cmd",
             "ivit-run=ivit_tvm.cli_run:run_cmd",
+            "ivit-eval=ivit_tvm.cli_eval:eval_cmd",
+            "ivit-qat=ivit_tvm.cli_qat:qat_cmd",
+            "ivit-demo=ivit_tvm.demo:demo_cmd",
+            "ivit-bench=ivit_tvm.cli_bench:bench_cmd",
         ],
     },
 )

@@ -1,0 +1,230 @@
+"""Accuracy of one checkpoint three ways: the float model, the PyTorch integer reference and
+the compiled artifact, on the same preprocessed images.
+
+- FP: timm's float model (exact GELU, float softmax and LayerNorm) holding the checkpoint's
+  float parameters, mapped back through the name table of `models.fp_weights`; or other float
+  weights (e.g. the ones a QAT run started from) given as a timm state_dict.
+- integer reference: `model.forward_integer`, the function every compiled model must equal.
+- artifact: `ivit_tvm.load(OUT).run_int`; its int32 logits are compared with the reference's
+  bit for bit on every image.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .models import ModelConfig, SwinConfig, ViTConfig
+from .models.fp_weights import DERIVED_TIMM_BUFFERS, parameter_names
+
+TOP_K = (1, 5)
+
+
+def build_fp_model(config: ModelConfig) -> nn.Module:
+    """timm's float model for a configuration (randomly initialised, eval mode)."""
+    if isinstance(config, ViTConfig):
+        from timm.models.vision_transformer import VisionTransformer
+
+        model = VisionTransformer(
+            img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
+            num_classes=config.num_classes, embed_dim=config.embed_dim, depth=config.depth,
+            num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias)
+    elif isinstance(config, SwinConfig):
+        from timm.models.swin_transformer import SwinTransformer
+
+        model = SwinTransformer(
+            img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
+            num_classes=config.num_classes, embed_dim=config.embed_dim, depths=config.depths,
+            num_heads=config.num_heads, window_size=config.window_size,
+            mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias)
+    else:
+        raise TypeError(f"no float model for {type(config).__name__}")
+    return model.eval()
+
+
+def load_timm_state(model: nn.Module, timm_state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a timm state_dict into `model` strictly, except the buffers timm derives itself."""
+    missing, unexpected = model.load_state_dict(timm_state, strict=False)
+    missing = [k for k in missing if k.rsplit(".", 1)[-1] not in DERIVED_TIMM_BUFFERS]
+    unexpected = [k for k in unexpected if k.rsplit(".", 1)[-1] not in DERIVED_TIMM_BUFFERS]
+    if missing or unexpected:
+        raise ValueError(f"{source}: float weights do not fit the checkpoint's model: missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}; pass weights of the same "
+                         "architecture and size")
+
+
+def fp_model_from_quantized(model: nn.Module) -> nn.Module:
+    """timm's float model with the float parameters of a quantized model (a copy)."""
+    state = dict(model.named_parameters())
+    timm_state = {theirs: state[ours].detach().clone()
+                  for ours, theirs in parameter_names(model.config).items()}
+    fp = build_fp_model(model.config)
+    load_timm_state(fp, timm_state, type(model).__name__)
+    return fp
+
+
+def load_fp_model(model: nn.Module, weights: str | Path | None = None) -> nn.Module:
+    """timm's float model for a quantized model: with the float timm state_dict in `weights`
+    (raw or {"model": ...}), else with the quantized model's own float parameters."""
+    if weights is None:
+        return fp_model_from_quantized(model)
+    from .checkpoint import read_torch_file, unwrap_state_dict
+
+    state = unwrap_state_dict(read_torch_file(weights, what="weights file"), weights)
+    fp = build_fp_model(model.config)
+    load_timm_state(fp, state, str(weights))
+    return fp
+
+
+@dataclass
+class TopK:
+    """Running top-k hit counts of one model."""
+
+    hits: dict[int, int] = field(default_factory=lambda: dict.fromkeys(TOP_K, 0))
+    count: int = 0
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """logits (B, K) of any dtype, labels (B,) int64."""
+        k_max = min(max(TOP_K), logits.shape[1])
+        ranked = logits.double().topk(k_max, dim=1).indices  # (B, k_max)
+        correct = ranked == labels[:, None]
+        for k in self.hits:
+            self.hits[k] += int(correct[:, :k].any(dim=1).sum())
+        self.count += len(labels)
+
+    def accuracy(self, k: int) -> float:
+        """Top-k accuracy in percent."""
+        return 100.0 * self.hits[k] / max(self.count, 1)
+
+
+@dataclass
+class EvalResult:
+    """Top-1/top-5 per model name, and how the artifact's logits compare with the reference."""
+
+    images: int = 0
+    top: dict[str, TopK] = field(default_factory=dict)
+    same_prediction: int = 0  # artifact's arg-max equals the reference's
+    bit_exact: int = 0  # artifact's int32 logits equal the reference's, every class
+    compared: int = 0
+
+    @property
+    def agreement(self) -> float:
+        """Percent of images where the artifact predicts the reference's class."""
+        return 100.0 * self.same_prediction / max(self.compared, 1)
+
+    def as_dict(self) -> dict:
+        row = {name: {f"top{k}": round(t.accuracy(k), 3) for k in TOP_K}
+               for name, t in self.top.items()}
+        out = {"images": self.images, "accuracy": row}
+        if self.compared:
+            out.update(agreement=round(self.agreement, 3),
+                       bit_exact_images=self.bit_exact, compared=self.compared)
+        return out
+
+    def table(self) -> str:
+        lines = [f"{'model':<22}{'top-1':>9}{'top-5':>9}"]
+        lines += [f"{name:<22}{t.accuracy(1):>8.2f}%{t.accuracy(5):>8.2f}%"
+                  for name, t in self.top.items()]
+        if self.compared:
+            lines.append(f"artifact vs reference: {self.agreement:.2f}% same predictions, "
+                         f"{self.bit_exact}/{self.compared} images with bit-exact logits")
+        return "\n".join(lines)
+
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def reference_predictor(model: nn.Module) -> Predictor:
+    """Images -> int32 logits of the PyTorch integer reference."""
+    return lambda images: model.forward_integer(images)[0]
+
+
+def artifact_predictor(compiled) -> Predictor:
+    """Images -> int32 logits of a loaded artifact (ivit_tvm.load)."""
+    return lambda images: torch.from_numpy(compiled.run_int(images.numpy())[0])
+
+
+def fp_predictor(fp_model: nn.Module) -> Predictor:
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return fp_model(images)
+    return predict
+
+
+def evaluate(batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             predictors: dict[str, Predictor], compare: tuple[str, str] | None = None,
+             total: int | None = None, progress: bool = True) -> EvalResult:
+    """Top-1/top-5 of every predictor over (images, labels) batches; `compare` names the
+    (reference, artifact) pair whose int32 logits are checked image by image."""
+    result = EvalResult(top={name: TopK() for name in predictors})
+    bar = tqdm(batches, total=total, desc="evaluating", unit="batch", disable=not progress)
+    for images, labels in bar:
+        logits = {name: predict(images) for name, predict in predictors.items()}
+        for name, out in logits.items():
+            result.top[name].update(out, labels)
+        result.images += len(labels)
+        if compare is not None:
+            ref, art = (logits[name] for name in compare)
+            result.compared += len(labels)
+            result.same_prediction += int((ref.argmax(1) == art.argmax(1)).sum())
+            result.bit_exact += int((ref.to(torch.int64) == art.to(torch.int64))
+                                    .all(dim=1).sum())
+        bar.set_postfix_str(" ".join(f"{name} {t.accuracy(1):.1f}"
+                                     for name, t in result.top.items()))
+    return result
+
+
+def image_folder(root: str | Path, img_size: int, num_classes: int, limit: int | None = None,
+                 seed: int = 0, transform=None):
+    """An ImageFolder (class subfolders, sorted = label index), by default with timm's eval
+    transform; `limit` keeps a seeded random subset of that many images."""
+    from torchvision.datasets import ImageFolder
+
+    from .ptq import eval_transform
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder; pass an ImageFolder root (one "
+                                "subfolder of images per class)")
+    transform = transform or eval_transform(img_size)
+    try:
+        dataset = ImageFolder(str(root), transform=transform, allow_empty=True)
+    except FileNotFoundError as err:
+        raise ValueError(f"{root}: not an ImageFolder ({err})") from None
+    if len(dataset.classes) != num_classes:
+        raise ValueError(f"{root}: {len(dataset.classes)} class subfolders, but the model has "
+                         f"{num_classes} classes; the sorted subfolder names give the label "
+                         "indices, so every class needs its subfolder (it may be empty)")
+    if len(dataset) == 0:
+        raise ValueError(f"{root}: its class subfolders hold no images")
+    if limit is not None and limit < len(dataset):
+        indices = random.Random(seed).sample(range(len(dataset)), limit)
+        dataset = torch.utils.data.Subset(dataset, sorted(indices))
+    return dataset
+
+
+def loader(dataset, batch_size: int, workers: int = 0) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                       num_workers=workers)
+
+
+def tensor_batches(images: torch.Tensor, labels: torch.Tensor | np.ndarray, batch_size: int):
+    """(images, labels) in order, `batch_size` at a time, from preprocessed tensors."""
+    labels = torch.as_tensor(labels)
+    for start in range(0, len(labels), batch_size):
+        yield images[start:start + batch_size], labels[start:start + batch_size]
+
+
+__all__ = [
+    "EvalResult", "TopK", "artifact_predictor", "build_fp_model", "evaluate",
+    "fp_model_from_quantized", "fp_predictor", "image_folder", "load_fp_model",
+    "load_timm_state", "loader",
+    "reference_predictor", "tensor_batches",
+]
