@@ -1,0 +1,199 @@
+"""Attention's batch matmuls on VNNI: runtime operand packing spliced into the fused kernel.
+
+A fused kernel's `batch_matmul_acc` block (ops.integer_batch_matmul, with its requantize
+epilogue) whose operands share their batch axes and have static matrix extents is replaced
+(schedules.cpu.splice) by:
+
+- q @ k^T, int8 x int8 (transpose_b): the dense's trick per head,
+      acc[i, j] = sum_c (q[i, c] + 128) * k[j, c]   (vpdpbusd, k packed [T/16, d/4, 16, 4])
+      out[i, j] = acc[i, j] - 128 * sum_c k[j, c]
+- probabilities @ v, int16 (or int8) x int8: vpdpwssd on int16 pairs,
+      out[i, n] = sum_j p[i, j] * v[j, n]           (v widened, packed [d/16, T/2, 16, 2])
+
+Both pad rows to the register block (gemm.choose_tile) and K to whole groups inside the
+kernel (clamped reads, zero-filled packed operand), so any token count works (197, 49, 1).
+Each head's packing runs on the thread that then multiplies it. Batch matmuls of other forms,
+and all of them on CPUs without VNNI, keep the plain schedule below (`schedule_batch_matmul`).
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+from tvm.ir.prim import expr_deep_equal
+from tvm.s_tir import Schedule
+
+from .gemm import choose_tile, tile_gemm
+from .splice import find_block, rebuild, splice
+from .vnni import K_GROUP, K_GROUP_I16, LANES, VNNI_I16_INTRIN, register
+
+MATMUL_BLOCK = "batch_matmul_acc"  # ops.integer_batch_matmul's reduction
+QK_BLOCKS = ("qk_shift", "qk_pack", "qk_acc")  # qk_sum (read by the epilogue) is generic
+PV_BLOCKS = ("pv_pad", "pv_pack", "pv_acc")
+SHIFT = 128
+
+
+def _ceil(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _static(*extents) -> list[int]:
+    return [int(e) for e in extents]
+
+
+# ---- compute definitions -----------------------------------------------------------------------
+def packed_qk(q: te.Tensor, k: te.Tensor) -> te.Tensor:
+    """q (..., T, d) int8 @ k (..., T2, d)^T int8 -> (..., T, T2) int32 (see the module)."""
+    *batch, rows, depth = q.shape
+    rows, depth, cols = _static(rows, depth, k.shape[-2])
+    tile = choose_tile(_ceil(cols, LANES) // LANES, K_GROUP)
+    rows_p, depth_p, cols_p = _ceil(rows, tile.rows), _ceil(depth, K_GROUP), _ceil(cols, LANES)
+
+    def shifted(*index):
+        *b, i, c = index
+        value = q[(*b, tirx.min(i, rows - 1), tirx.min(c, depth - 1))]
+        value = (value.astype("int32") + SHIFT).astype("uint8")
+        shift_of_zero = tirx.const(SHIFT, "uint8")
+        return value if depth == depth_p else tirx.if_then_else(c < depth, value, shift_of_zero)
+
+    def packed(*index):
+        *b, jt, ct, ji, ci = index
+        j, c = jt * LANES + ji, ct * K_GROUP + ci
+        value = k[(*b, tirx.min(j, cols - 1), tirx.min(c, depth - 1))]
+        return tirx.if_then_else(tirx.all(j < cols, c < depth), value, tirx.const(0, "int8"))
+
+    q_u8 = te.compute((*batch, rows_p, depth_p), shifted, name="qk_shift")  # uint8
+    k_packed = te.compute(
+        (*batch, cols_p // LANES, depth_p // K_GROUP, LANES, K_GROUP), packed, name="qk_pack"
+    )  # int8, zero padded
+    c = te.reduce_axis((0, depth), name="c")
+    k_sum = te.compute(
+        (*batch, cols), lambda *b: te.sum(k[(*b, c)].astype("int32"), axis=c), name="qk_sum"
+    )  # (..., T2) int32
+    r = te.reduce_axis((0, depth_p), name="r")
+    acc = te.compute(
+        (*batch, rows_p, cols_p),
+        lambda *index: te.sum(
+            q_u8[(*index[:-1], r)].astype("int32")
+            * k_packed[
+                (*index[:-2], index[-1] // LANES, r // K_GROUP, index[-1] % LANES, r % K_GROUP)
+            ].astype("int32"),
+            axis=r,
+        ),
+        name="qk_acc",
+    )  # (..., Tp, T2p) int32
+    return te.compute(
+        (*batch, rows, cols),
+        lambda *index: acc[index] - SHIFT * k_sum[(*index[:-2], index[-1])],
+        name="qk_out",
+    )  # (..., T, T2) int32
+
+
+def packed_pv(p: te.Tensor, v: te.Tensor) -> te.Tensor:
+    """p (..., T, T2) int16/int8 @ v (..., T2, d) int8 -> (..., T, d) int32 (see the module)."""
+    *batch, rows, reduce = p.shape
+    rows, reduce, cols = _static(rows, reduce, v.shape[-1])
+    tile = choose_tile(_ceil(cols, LANES) // LANES, K_GROUP_I16)
+    rows_p, cols_p = _ceil(rows, tile.rows), _ceil(cols, LANES)
+    reduce_p = _ceil(reduce, K_GROUP_I16)
+
+    def padded(*index):  # values past T2 meet zeros in v_packed
+        *b, i, j = index
+        return p[(*b, tirx.min(i, rows - 1), tirx.min(j, reduce - 1))].astype("int16")
+
+    def packed(*index):
+        *b, nt, jt, ni, ji = index
+        n, j = nt * LANES + ni, jt * K_GROUP_I16 + ji
+        value = v[(*b, tirx.min(j, reduce - 1), tirx.min(n, cols - 1))].astype("int16")
+        return tirx.if_then_else(tirx.all(j < reduce, n < cols), value, tirx.const(0, "int16"))
+
+    p_pad = te.compute((*batch, rows_p, reduce_p), padded, name="pv_pad")  # int16
+    v_packed = te.compute(
+        (*batch, cols_p // LANES, reduce_p // K_GROUP_I16, LANES, K_GROUP_I16),
+        packed,
+        name="pv_pack",
+    )  # int16, zero padded
+    r = te.reduce_axis((0, reduce_p), name="r")
+    acc = te.compute(
+        (*batch, rows_p, cols_p),
+        lambda *index: te.sum(
+            p_pad[(*index[:-1], r)].astype("int32")
+            * v_packed[
+                (*index[:-2], index[-1] // LANES, r // K_GROUP_I16, index[-1] % LANES,
+                 r % K_GROUP_I16)
+            ].astype("int32"),
+            axis=r,
+        ),
+        name="pv_acc",
+    )  # (..., Tp, dp) int32
+    return te.compute((*batch, rows, cols), lambda *index: acc[index], name="pv_out")
+
+
+# ---- the rewrite --------------------------------------------------------------------------------
+def matmul_kind(func: tirx.PrimFunc) -> str | None:
+    """"qk" / "pv" when func's batch_matmul_acc block is one this module packs, else None."""
+    block = find_block(func, MATMUL_BLOCK)
+    if block is None or len(block.reads) != 2:
+        return None
+    a, b = (region.source.ty for region in block.reads)
+    if len(a.shape) != len(b.shape) or len(a.shape) < 3:
+        return None
+    same_batch = all(
+        expr_deep_equal(x, y) for x, y in zip(a.shape[:-2], b.shape[:-2], strict=True)
+    )
+    static = all(isinstance(e, tirx.IntImm) for e in (*a.shape[-2:], *b.shape[-2:]))
+    if not (same_batch and static):
+        return None
+    transposed = expr_deep_equal(block.reads[1].region[-1].min, block.iter_vars[-1].var)
+    dtypes = (str(a.dtype), str(b.dtype))
+    if transposed and dtypes == ("int8", "int8"):
+        return "qk"
+    if not transposed and dtypes in (("int16", "int8"), ("int8", "int8")):
+        return "pv"
+    return None
+
+
+def rewrite_matmul(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:
+    """func with its batch_matmul_acc computed by packed_qk / packed_pv."""
+    block = find_block(func, MATMUL_BLOCK)
+    operands = [region.source for region in block.reads]
+    compute = packed_qk if kind == "qk" else packed_pv
+    body, _ = splice(func, MATMUL_BLOCK, compute, operands, block.writes[0].source)
+    return rebuild(func, func.params, body)
+
+
+# ---- schedules ----------------------------------------------------------------------------------
+def schedule_packed_attention(sch: Schedule, kind: str) -> None:
+    """The rewritten qk / pv kernel: per head, pack on the thread, then the tiled VNNI GEMM.
+
+    (Without VNNI the pipeline keeps the plain batch matmul: a vectorized loop over these
+    packed operands is 2-4x slower than schedule_batch_matmul's.)"""
+    *prologue, acc_name = QK_BLOCKS if kind == "qk" else PV_BLOCKS
+    acc = sch.get_sblock(acc_name)
+    n_tiles = int(sch.get(sch.get_loops(acc)[-2]).extent) // LANES
+    if kind == "qk":
+        group, intrin = K_GROUP, register()
+    else:
+        group, intrin = K_GROUP_I16, register(VNNI_I16_INTRIN)
+    stages = tuple(sch.get_sblock(name) for name in prologue)
+    for stage in tile_gemm(sch, acc, choose_tile(n_tiles, group), intrin, prologue=stages):
+        *outer, inner = sch.get_loops(stage)  # could not move under the head loop
+        sch.parallel(sch.fuse(*outer))
+        sch.vectorize(inner)
+
+
+def schedule_batch_matmul(sch: Schedule, vector_bytes: int) -> None:
+    """A batch matmul this module does not pack: parallel over (batch, rows); the reduction
+    stays innermost when B is transposed (LLVM vectorizes the dot product), else it moves out
+    and the output row is vectorized: out[m, :] += a[m, k] * b[k, :]."""
+    block = sch.get_sblock(MATMUL_BLOCK)
+    *batch, rows, cols, reduce = sch.get_loops(block)
+    node = sch.get(block)
+    transposed = expr_deep_equal(node.reads[1].region[-1].min, node.iter_vars[-1].var)
+    if not transposed:
+        sch.reorder(reduce, cols)
+        extent = sch.get(cols).extent
+        if isinstance(extent, tirx.IntImm) and int(extent) % (vector_bytes // 4) == 0:
+            sch.vectorize(cols)
+    sch.parallel(sch.fuse(*batch, rows))
+    if not transposed:
+        sch.decompose_reduction(block, reduce)
