@@ -28,10 +28,10 @@ NOTES = (
     "Weights are random and scales calibrated on random images (latency does not depend on "
     "them); the float engines hold the quantized checkpoint's float weights.",
     "TVM FP32 scheduling effort: the same target and the same Relax pipeline as ivit-tvm, with "
-    "the same hand-written schedules (schedules.cpu: the register-blocked GEMM on packed "
-    "weights, here with 16-lane FP32 FMA instead of VNNI; the batch-matmul schedule; the "
-    "generic schedule for everything else): benchmarks/engines/tvm_fp32_pipeline.py. Neither "
-    "engine is MetaSchedule-tuned.",
+    "the same kind of hand-written schedules (a register-blocked GEMM on packed weights, here "
+    "with 16-lane FP32 FMA instead of VNNI, also for the patch embedding; parallel, vectorized "
+    "attention matmuls; schedules.cpu.generic for everything else) and TVM's fast exp/erf/"
+    "softmax: benchmarks/engines/tvm_fp32_pipeline.py. Neither engine is MetaSchedule-tuned.",
 )
 
 

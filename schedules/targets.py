@@ -42,13 +42,12 @@ def make_target(kind: str, arch: str | None = None) -> tvm.target.Target:
 
     cuda: the host side is plain x86-64 llvm, so artifacts run on any x86-64 host. With arch
     None the arch of the local GPU is used, and its absence is an error (no silent default).
-    llvm: "num-cores" is this host's core count.
+    llvm: "num-cores" is this host's core count; without an mcpu, this host's CPU (so the VNNI
+    kernels are used where the CPU has them; pass e.g. "x86-64" for a portable build).
     """
     if kind == "llvm":
-        config: dict = {"kind": "llvm", "num-cores": host_cores()}
-        if arch is not None:
-            config["mcpu"] = arch
-        return tvm.target.Target(config)
+        mcpu = host_cpu() if arch is None else check_llvm_cpu(arch)
+        return tvm.target.Target({"kind": "llvm", "num-cores": host_cores(), "mcpu": mcpu})
     if kind == "cuda":
         if arch is None:
             arch = local_cuda_arch()
@@ -56,6 +55,24 @@ def make_target(kind: str, arch: str | None = None) -> tvm.target.Target:
             {"kind": "cuda", "arch": check_cuda_arch(arch), "host": {"kind": "llvm"}}
         )
     raise ValueError(f'target kind {kind!r} not supported: expected "llvm" or "cuda"')
+
+
+def host_cpu() -> str:
+    """The LLVM name of this machine's CPU (e.g. "cascadelake", "znver5")."""
+    from tvm.target.codegen import llvm_get_system_cpu
+
+    return llvm_get_system_cpu()
+
+
+def check_llvm_cpu(mcpu: str) -> str:
+    """Return `mcpu` if LLVM knows it; else ValueError naming how to list the valid ones."""
+    from tvm.target.codegen import llvm_is_valid_cpu
+
+    triple = tvm.target.Target({"kind": "llvm"}).attrs.get("mtriple")
+    if not llvm_is_valid_cpu(mcpu, triple):
+        raise ValueError(f"LLVM does not know the CPU {mcpu!r}: use an LLVM -mcpu name such as "
+                         f"x86-64, haswell, cascadelake, znver4 (this host: {host_cpu()})")
+    return mcpu
 
 
 def local_cuda_arch() -> str:

@@ -25,7 +25,7 @@ from schedules.cuda.build import (
     report_ptx,
 )
 from schedules.cuda.pipeline import require_gpu_schedule, schedule_module, unscheduled_functions
-from schedules.targets import make_target
+from schedules.targets import host_cpu, make_target
 
 ARCHS = ["sm_80", "sm_90"]
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
@@ -96,7 +96,9 @@ def test_llvm_target_has_host_cores_and_optional_mcpu():
     target = make_target("llvm", "cascadelake")
     assert int(target.attrs["num-cores"]) >= 1
     assert str(target.attrs["mcpu"]) == "cascadelake"
-    assert "mcpu" not in make_target("llvm").attrs
+    assert str(make_target("llvm").attrs["mcpu"]) == host_cpu()  # VNNI where the host has it
+    with pytest.raises(ValueError, match="does not know the CPU 'pentium9'"):
+        make_target("llvm", "pentium9")
 
 
 def test_unknown_target_kind_is_refused():

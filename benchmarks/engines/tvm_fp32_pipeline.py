@@ -5,11 +5,15 @@
 ivit-tvm's pipeline packs every int8 dense weight and runs its GEMMs in hand-written
 register-blocked kernels (schedules.cpu); a float model has no int8 GEMM, so those would never
 run and its GEMMs would fall to the generic schedule (a scalar reduction loop). For the same
-effort this pipeline does the same for float: each `matmul(x, W)` with a constant W (K, N)
-gets W packed as [Np/16, K/4, 4, 16] and a register-blocked kernel (ROWS rows x up to 3
-vectors of 16 float32 accumulators, 16-lane FMA, parallel over row blocks, K blocked), the
-model's other matmuls (attention) a vectorized, parallel loop nest, and every other kernel
-the project's generic CPU schedule (schedules.cpu.generic), as in ivit-tvm.
+effort this pipeline does the same for float: each `matmul(x, W)` with a constant W (K, N),
+and the patch embedding's conv2d as patches @ W (as ivit-tvm's frontend lowers it), gets W
+packed as [Np/16, K/4, 4, 16] and a register-blocked kernel (ROWS rows x up to 3 vectors of
+16 float32 accumulators, 16-lane FMA, parallel over row blocks, K blocked); the model's other
+matmuls (attention) get a vectorized, parallel loop nest, and every other kernel the project's
+generic CPU schedule (schedules.cpu.generic), as in ivit-tvm. exp, erf (GELU) and softmax use
+TVM's fast approximations (FastMathTransform): the default erf is a scalar libm call per
+element, which made GELU 25x slower than PyTorch's; ivit-tvm's integer kernels approximate
+them too (Shiftmax, ShiftGELU).
 """
 
 from __future__ import annotations
@@ -77,8 +81,7 @@ def packed_dense(x: te.Tensor, weight_packed: te.Tensor, out_features: int) -> t
 
 
 def fast_gelu(x: te.Tensor) -> te.Tensor:
-    """GELU as TVM legalizes it, x * (0.5 + 0.5 * erf(x / sqrt 2)), with topi.fast_erf: the
-    default erf is a scalar libm call per element, 25x slower than PyTorch's here."""
+    """GELU as TVM legalizes it, x * (0.5 + 0.5 * erf(x / sqrt 2)), with topi.fast_erf."""
     erf = topi.fast_erf(x * tirx.const(0.5**0.5, "float32"))
     return x * (tirx.const(0.5, "float32") + erf * tirx.const(0.5, "float32"))
 

@@ -38,6 +38,7 @@ SHIFT = 128  # int8 -> uint8 offset of the activations
 ACC_BLOCK = "dense_acc"  # ops.integer_dense's reduction; also the name of the packed GEMM
 SHIFT_BLOCK = "dense_shift"
 K_BLOCK = 768  # bytes of K per pass over the register block (keeps a weight panel in L1/L2)
+MAX_REDUCE = 65535  # sum_k (x + 128) * w <= 255 * 128 * K stays below 2**31
 
 
 # ---- constants ----------------------------------------------------------------------------------
@@ -142,6 +143,8 @@ def find_dense(func: tirx.PrimFunc) -> DenseSite | None:
     if not (isinstance(n, tirx.IntImm) and isinstance(k, tirx.IntImm)):
         return None
     n, k = int(n), int(k)
+    if k > MAX_REDUCE:
+        return None
     plain, packed = (n, k), (-(-n // LANES), -(-k // K_GROUP), LANES, K_GROUP)
     shape = tuple(int(e) for e in weight.ty.shape)
     lead_equal = all(

@@ -22,6 +22,7 @@ from tvm import te, tirx
 from tvm.ir.prim import expr_deep_equal
 from tvm.s_tir import Schedule
 
+from .dense import MAX_REDUCE
 from .gemm import choose_tile, tile_gemm
 from .splice import find_block, rebuild, splice
 from .vnni import K_GROUP, K_GROUP_I16, LANES, VNNI_I16_INTRIN, register
@@ -145,7 +146,7 @@ def matmul_kind(func: tirx.PrimFunc) -> str | None:
         return None
     transposed = expr_deep_equal(block.reads[1].region[-1].min, block.iter_vars[-1].var)
     dtypes = (str(a.dtype), str(b.dtype))
-    if transposed and dtypes == ("int8", "int8"):
+    if transposed and dtypes == ("int8", "int8") and int(a.shape[-1]) <= MAX_REDUCE:
         return "qk"
     if not transposed and dtypes in (("int16", "int8"), ("int8", "int8")):
         return "pv"
