@@ -9,6 +9,9 @@ Memory (Linux): the process's peak resident set (VmHWM) while the engine loads a
 both in total and above what the process held after importing the engine's libraries; the
 peak is reset (/proc/self/clear_refs) after those imports, and batches run in increasing
 order, so each batch's figure is the peak of loading plus running up to that batch.
+Other work on the machine: while a measuring process runs, the CPU used by every process
+outside it is sampled (`OtherLoad`); `wait_for_quiet` can hold a measurement back until the
+machine is idle.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -29,6 +33,7 @@ from typing import Any
 MIN_REPEATS = 3
 MIN_SAMPLE_S = 0.02  # shorter calls are timed in groups, so timer overhead stays negligible
 STARTUP_S = 120  # allowance for a measuring process's imports and model loading
+QUIET_CORES = 0.3  # the machine counts as idle below this many busy cores
 
 
 def measure(call: Callable[[], Any], batch: int, warmup: int, repeats: int,
@@ -113,8 +118,75 @@ def run_task(task: dict) -> dict:
     return result
 
 
+class OtherLoad:
+    """Samples, once a second, the CPU (in cores) used by processes other than this one and
+    `exclude`'s process tree, while a measurement runs."""
+
+    def __init__(self, exclude: int):
+        import psutil
+
+        self.psutil, self.exclude, self.samples = psutil, exclude, []
+        self.processes: dict[int, object] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _ours(self) -> set[int]:
+        ours = {os.getpid(), self.exclude}
+        try:
+            ours |= {p.pid for p in self.psutil.Process(self.exclude).children(recursive=True)}
+        except self.psutil.Error:
+            pass
+        return ours
+
+    def _sample(self) -> float:
+        ours, busy = self._ours(), 0.0
+        for proc in self.psutil.process_iter():
+            if proc.pid in ours:
+                continue
+            proc = self.processes.setdefault(proc.pid, proc)
+            try:
+                busy += proc.cpu_percent(None) / 100  # since the previous sample
+            except self.psutil.Error:
+                pass
+        return busy
+
+    def _run(self) -> None:
+        self._sample()
+        while not self.stop.wait(1.0):
+            self.samples.append(self._sample())
+
+    def __enter__(self) -> OtherLoad:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def summary(self) -> dict:
+        samples = self.samples or [0.0]
+        return {"mean_cores": round(statistics.mean(samples), 2),
+                "max_cores": round(max(samples), 2), "samples": len(self.samples)}
+
+
+def machine_busy_cores(interval_s: float = 1.0) -> float:
+    """CPU cores in use on the whole machine over `interval_s` (this process is idle)."""
+    import psutil
+
+    return psutil.cpu_percent(interval_s) / 100 * (psutil.cpu_count() or 1)
+
+
+def wait_for_quiet(max_wait_s: float, busy_cores: float = QUIET_CORES) -> float:
+    """Wait (at most `max_wait_s`) until the machine is idle; returns the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_wait_s and machine_busy_cores() > busy_cores:
+        time.sleep(4.0)
+    return time.perf_counter() - start
+
+
 def run_isolated(task: dict, folder: Path, env: dict[str, str]) -> dict:
-    """Run `task` in a fresh Python process; its result, or a failure for every batch."""
+    """Run `task` in a fresh Python process; its result (with the CPU other processes used
+    meanwhile), or a failure for every batch."""
     folder.mkdir(parents=True, exist_ok=True)
     task_file, result_file = folder / "task.json", folder / "result.json"
     task_file.write_text(json.dumps(task, indent=1))
@@ -122,14 +194,17 @@ def run_isolated(task: dict, folder: Path, env: dict[str, str]) -> dict:
     timing = task["timing"]
     timeout = STARTUP_S + len(task["batches"]) * (2 * timing["budget_s"] + 60)
     command = [sys.executable, "-m", "benchmarks.harness", str(task_file), str(result_file)]
-    try:
-        proc = subprocess.run(command, env={**os.environ, **env}, capture_output=True,
-                              text=True, timeout=timeout)
-        reason = _last_line(proc.stderr) or f"exit status {proc.returncode}"
-    except subprocess.TimeoutExpired:
-        reason = f"timed out after {timeout:.0f} s"
+    with subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as proc, OtherLoad(proc.pid) as load:
+        try:
+            _out, stderr = proc.communicate(timeout=timeout)
+            reason = _last_line(stderr) or f"exit status {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            reason = f"timed out after {timeout:.0f} s"
     if result_file.is_file():
-        return json.loads(result_file.read_text())
+        return {**json.loads(result_file.read_text()), "other_load": load.summary()}
     failed = {"status": "failed", "reason": f"measuring process failed: {reason}"}
     return {"batches": {str(b): dict(failed) for b in task["batches"]}}
 

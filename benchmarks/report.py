@@ -13,6 +13,7 @@ COLUMNS = ("model", "batch", "engine", "median (ms)", "IQR (ms)", "images/s",
            "latency / ivit-tvm", "peak RSS (MiB)", "engine RSS (MiB)", "weights (MiB)",
            "status")
 MAX_CELL = 160
+CONTENDED_CORES = 0.25  # other processes' mean CPU above which a row says so
 NOTES = (
     "Latency: one call from a float32 NumPy batch (B, 3, H, W) to the logits, median of "
     "repeated samples after warm-up; IQR = 75th - 25th percentile. Every engine runs the same "
@@ -23,6 +24,9 @@ NOTES = (
     "that batch. Engine RSS: that peak minus the process's RSS after importing the engine's "
     "libraries (tvm_ffi imports PyTorch when it is installed, so the TVM rows' totals include "
     "PyTorch's libraries).",
+    "Status 'ok (others used N cores)': other processes on the machine used N cores on "
+    "average while that engine was measured (sampled every second), so its latency is "
+    "inflated.",
     "Weights: the deployed file (TVM: the exported library with weights as constants; ONNX "
     "Runtime: the .onnx file; PyTorch: the float state dict).",
     "Weights are random and scales calibrated on random images (latency does not depend on "
@@ -42,14 +46,18 @@ def to_json(results: dict) -> str:
 def markdown(results: dict) -> str:
     """The table (skipped engines collapsed to one row each), its notes and the ratios."""
     machine, settings = results["machine"], results["settings"]
+    others = [(r.get("other_load") or {}).get("max_cores", 0.0) for r in results["rows"]
+              if r["status"] == "ok"]
     lines = [
         f"# ivit-bench {'(quick) ' if results['quick'] else ''}{machine['slug']} "
         f"{results['date']}",
         "",
         f"{machine['cpu']}, {machine['cores']} cores, {settings['threads']} threads, "
         f"llvm -mcpu={settings['mcpu']}; load average before {machine['load_before'][0]}, "
-        f"after {machine.get('load_after', ['?'])[0]}; warm-up {settings['warmup']}, up to "
-        f"{settings['repeats']} samples or {settings['budget_s']} s per engine and batch.",
+        f"after {machine.get('load_after', ['?'])[0]}; other processes used at most "
+        f"{max(others, default=0.0):.2f} cores during any measurement; warm-up "
+        f"{settings['warmup']}, up to {settings['repeats']} samples or {settings['budget_s']} s "
+        "per engine and batch.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" if i < 3 or i == len(COLUMNS) - 1 else "---:"
@@ -102,7 +110,7 @@ def _table_rows(rows: list[dict]) -> list[list[str]]:
             f"{row['median_ms']:.2f}", f"{row['iqr_ms']:.2f}", f"{row['images_per_s']:.1f}",
             "—" if ratio is None else f"{ratio:.2f}",
             _mib(row.get("peak_rss_mib")), _mib(row.get("engine_rss_mib")),
-            f"{row['weights_mib']:.1f}", "ok",
+            f"{row['weights_mib']:.1f}", _status(row),
         ])
     models = {r["model_label"] for r in rows}
     for (label, reason), group in skipped.items():
@@ -110,6 +118,12 @@ def _table_rows(rows: list[dict]) -> list[list[str]]:
         out.append(["all" if every_model else ", ".join(sorted({r["model_label"] for r in group})),
                     "all", label] + ["—"] * 7 + [f"skipped: {reason}"])
     return out
+
+
+def _status(row: dict) -> str:
+    """ok, or ok with the CPU other processes used while this engine was measured."""
+    other = (row.get("other_load") or {}).get("mean_cores", 0.0)
+    return "ok" if other < CONTENDED_CORES else f"ok (others used {other:.1f} cores)"
 
 
 def _cell(text: str) -> str:

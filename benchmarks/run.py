@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .engines import REFERENCE, Settings, get_engine
-from .harness import one_line, run_isolated
+from .harness import one_line, run_isolated, wait_for_quiet
 from .machine import load_average, machine_info
 from .workload import ModelSpec, make_workload
 
@@ -38,6 +38,7 @@ class Plan:
     settings: Settings
     timing: dict  # warmup, repeats, budget_s (benchmarks.harness.measure)
     quick: bool = False
+    wait_quiet_s: float = 0.0  # before each measurement, wait this long at most for idle CPUs
 
 
 def run_benchmark(plan: Plan, work: Path, progress: bool | None = None) -> dict:
@@ -52,7 +53,7 @@ def run_benchmark(plan: Plan, work: Path, progress: bool | None = None) -> dict:
         "quick": plan.quick,
         "machine": machine_info(),
         "settings": {**plan.settings.to_dict(), **plan.timing, "batches": plan.batches,
-                     "reference": REFERENCE},
+                     "reference": REFERENCE, "wait_quiet_s": plan.wait_quiet_s},
         "models": [],
         "engines": [{**e.describe(), "skip_reason": skipped[e.key]} for e in engines],
         "rows": [],
@@ -92,6 +93,7 @@ def run_benchmark(plan: Plan, work: Path, progress: bool | None = None) -> dict:
                     bar.update(1)
                     continue
                 bar.set_postfix_str(f"{spec.label}: {engine.key} measure")
+                waited = wait_for_quiet(plan.wait_quiet_s) if plan.wait_quiet_s else 0.0
                 task = {"engine": engine.key, "workload": workload.to_dict(),
                         "settings": plan.settings.to_dict(), "prepared": prepared,
                         "batches": plan.batches, "inputs": inputs, "timing": plan.timing}
@@ -99,7 +101,7 @@ def run_benchmark(plan: Plan, work: Path, progress: bool | None = None) -> dict:
                                         {**env, **engine.runtime_env})
                 bar.update(1)
                 results["rows"] += _measured_rows(spec, engine, plan.batches, prepared,
-                                                  measured)
+                                                  {**measured, "waited_s": waited})
     finally:
         bar.close()
     add_ratios(results["rows"])
@@ -158,7 +160,9 @@ def _measured_rows(spec: ModelSpec, engine, batches, prepared: dict, measured: d
                     "weights_mib": prepared["weights_bytes"] / 2**20,
                     "prepare_s": prepared["seconds"], "load_s": measured.get("load_s"),
                     "rss_after_imports_mib": measured.get("rss_after_imports_mib"),
-                    "notes": prepared["notes"], "prepare_details": prepared["extra"]})
+                    "notes": prepared["notes"], "prepare_details": prepared["extra"],
+                    "waited_for_quiet_s": round(measured["waited_s"], 1),
+                    "other_load": measured.get("other_load")})
         rows.append(row)
     return rows
 

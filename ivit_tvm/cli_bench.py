@@ -1,7 +1,7 @@
 """ivit-bench: latency of ivit-tvm INT8 against float and INT8 baselines (code in benchmarks/).
 
     ivit-bench --quick                          # a tiny DeiT, batch 1, CPU engines: ~1 minute
-    ivit-bench -m deit_tiny -m deit_small -m swin_tiny -b 1 -b 8
+    ivit-bench -m deit_tiny -m deit_small -m swin_tiny -b 1 -b 8 --wait-quiet 300
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ RESULTS_ROOT = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads of every engine. [default: the cores this process may use]")
 @click.option("--mcpu", help="LLVM CPU of the TVM targets. [default: this machine's]")
+@click.option("--wait-quiet", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              metavar="SECONDS",
+              help="Before each engine's measurement, wait up to SECONDS for the machine to be "
+                   "idle (other processes' CPU is reported per row either way).")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
               default=RESULTS_ROOT, show_default=True,
               help="Results go to RESULTS_DIR/<machine>-<date>[-quick]/.")
@@ -53,7 +57,7 @@ RESULTS_ROOT = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
                    "temporary folder, removed at the end]")
 @reports_errors
 def bench_cmd(models, batches, engines, quick, warmup, repeats, budget_s, threads, mcpu,
-              results_dir, work_dir) -> None:
+              wait_quiet, results_dir, work_dir) -> None:
     """Benchmark ivit-tvm INT8 against TVM FP32, PyTorch, ONNX Runtime (and, on a GPU,
     PyTorch FP16/BF16 and TensorRT): median latency, spread, images/s, ratio to ivit-tvm,
     peak memory and deployed weight size. Prints a Markdown table and writes it with the JSON
@@ -79,7 +83,7 @@ def bench_cmd(models, batches, engines, quick, warmup, repeats, budget_s, thread
                                      ("budget_s", budget_s)) if v is not None})
     settings = Settings(threads=threads or cores(), mcpu=mcpu or host_mcpu(),
                         max_batch=max(batch_list))
-    plan = Plan(specs, batch_list, keys, settings, timing, quick=quick)
+    plan = Plan(specs, batch_list, keys, settings, timing, quick=quick, wait_quiet_s=wait_quiet)
     folder = results_dir / f"{machine_slug()}-{datetime.date.today().isoformat()}" \
                            f"{'-quick' if quick else ''}"
     work = work_dir or Path(tempfile.mkdtemp(prefix="ivit-bench-"))
