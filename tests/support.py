@@ -51,3 +51,8 @@ def public_release_state(model) -> dict[str, torch.Tensor]:
     return state
 
 
+
+
+def deit_and_images():
+    """The shared calibrated reduced DeiT and a batch of 3 images for graph-level tests."""
+    return quantized(DEIT), images(DEIT, seed=0)

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 import tvm
+from support import deit_and_images
 from tvm import te
 
 from ivit_tvm.frontend import from_model
-from ivit_tvm.models import create_model
-from ivit_tvm.quant import set_calibration
 from schedules.cuda.build import (
     build_cuda,
     compile_kernels,
@@ -40,14 +39,7 @@ def has_gpu() -> bool:
 @pytest.fixture(scope="module")
 def deit():
     """A calibrated 2-block DeiT on 32x32 images and its Relax module (symbolic batch)."""
-    torch.manual_seed(0)
-    model = create_model("deit_tiny", img_size=32, patch_size=8, depth=2, num_classes=10).eval()
-    images = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        for _ in range(3):
-            model(images)
-        set_calibration(model, False)
-        model(images)
+    model, _ = deit_and_images()
     return model, from_model(model)
 
 

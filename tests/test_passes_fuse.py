@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 import torch
 import tvm
+from support import deit_and_images
 from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 from tvm.script import tirx as T
 
 from ivit_tvm.frontend import from_model
-from ivit_tvm.models import create_model
-from ivit_tvm.quant import set_calibration
 from relay_passes import FuseRequantize
 
 W = np.arange(12, dtype="int8").reshape(3, 4) - 6  # (N, K) int8
@@ -123,13 +122,7 @@ def test_gemm_followed_by_another_op_is_not_fused():
 
 @pytest.fixture(scope="module")
 def deit():
-    torch.manual_seed(0)
-    model = create_model("deit_tiny", img_size=32, patch_size=8, depth=2, num_classes=10).eval()
-    images = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        for _ in range(3):
-            model(images)
-        set_calibration(model, False)
+    model, images = deit_and_images()
     return from_model(model).mod, images
 
 

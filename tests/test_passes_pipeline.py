@@ -4,24 +4,16 @@ import numpy as np
 import pytest
 import torch
 import tvm
+from support import deit_and_images
 from tvm import relax
 
 from ivit_tvm.frontend import from_model
-from ivit_tvm.models import create_model
-from ivit_tvm.quant import set_calibration
 from relay_passes import IntegerOnlyError, integer_pipeline
 
 
 @pytest.fixture(scope="module")
 def deit():
-    torch.manual_seed(0)
-    model = create_model("deit_tiny", img_size=32, patch_size=8, depth=2, num_classes=10).eval()
-    images = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        for _ in range(3):
-            model(images)
-        set_calibration(model, False)
-        model(images)
+    model, images = deit_and_images()
     return model, from_model(model).mod, images  # mod: symbolic batch
 
 

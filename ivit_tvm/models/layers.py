@@ -92,3 +92,29 @@ def scale_logits(attn: torch.Tensor, scale: torch.Tensor, factor: float):
     if attn.is_floating_point():
         attn = attn * factor
     return attn, scale * factor
+
+
+class IntegerClassifier(nn.Module):
+    """The three entry points every I-ViT classifier shares, over its `features` and `head`.
+
+    `forward` is fake-quant (float images -> float logits); `forward_integer` and
+    `forward_integer_q` run the exact integer pipeline (int32 logits and their (K,) scale).
+    """
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Fake-quant forward: float images (B, 3, H, W) -> float logits (B, classes)."""
+        x, scale = self.qact_input(images)
+        x, scale = self.features(x, scale)
+        logits, _ = self.head(x, scale)
+        return logits
+
+    @torch.no_grad()
+    def forward_integer(self, images: torch.Tensor):
+        """Exact integer inference: float images -> (int32 logits (B, K), scale (K,))."""
+        return self.forward_integer_q(self.qact_input.quantize(images))
+
+    @torch.no_grad()
+    def forward_integer_q(self, q_images: torch.Tensor):
+        """Integer inference from int8 images quantized with qact_input's scale."""
+        x, scale = self.features(q_images, self.qact_input.scale())
+        return self.head(x, scale)

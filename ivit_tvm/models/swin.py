@@ -20,7 +20,7 @@ from torch import nn
 from ..quant import IntLayerNorm, IntSoftmax, QuantAct, QuantLinear, QuantMatMul
 from ..quant.modules import attention_scale, ste, to_int
 from .config import SwinConfig
-from .layers import Mlp, PatchEmbed, scale_logits
+from .layers import IntegerClassifier, Mlp, PatchEmbed, scale_logits
 
 SHIFT_MASK_VALUE = -100.0  # the public release's additive mask; stored for key compatibility
 
@@ -245,7 +245,7 @@ class SwinStage(nn.Module):
         return x, scale
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(IntegerClassifier):
     """I-ViT's quantized Swin. `forward` is fake-quant (float in, float logits out);
     `forward_integer` runs the exact integer pipeline (int32 logits and their scale)."""
 
@@ -280,21 +280,3 @@ class SwinTransformer(nn.Module):
         x, scale = self.qact2(x, scale)  # (B, L, C) int8
         x, scale = token_average(x, scale)  # (B, C) int32 at S / L
         return self.qact3(x, scale)  # int8
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Fake-quant forward: float images (B, 3, H, W) -> float logits (B, classes)."""
-        x, scale = self.qact_input(images)
-        x, scale = self.features(x, scale)
-        logits, _ = self.head(x, scale)
-        return logits
-
-    @torch.no_grad()
-    def forward_integer(self, images: torch.Tensor):
-        """Exact integer inference: float images -> (int32 logits (B, K), scale (K,))."""
-        return self.forward_integer_q(self.qact_input.quantize(images))
-
-    @torch.no_grad()
-    def forward_integer_q(self, q_images: torch.Tensor):
-        """Integer inference from int8 images quantized with qact_input's scale."""
-        x, scale = self.features(q_images, self.qact_input.scale())
-        return self.head(x, scale)

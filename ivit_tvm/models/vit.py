@@ -7,7 +7,7 @@ from torch import nn
 
 from ..quant import IntLayerNorm, QuantAct, QuantLinear
 from .config import ViTConfig
-from .layers import Attention, Mlp, PatchEmbed
+from .layers import Attention, IntegerClassifier, Mlp, PatchEmbed
 
 
 class Block(nn.Module):
@@ -35,7 +35,7 @@ class Block(nn.Module):
         return self.qact4(x, scale, x_2, scale_2)  # residual, int16
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(IntegerClassifier):
     """I-ViT's quantized DeiT/ViT. `forward` is fake-quant (float in, float logits out);
     `forward_integer` runs the exact integer pipeline (int32 logits and their scale)."""
 
@@ -89,21 +89,3 @@ class VisionTransformer(nn.Module):
             x, scale = block(x, scale)
         x, scale = self.norm(x, scale)
         return self.qact2(x[:, 0], scale)  # cls token, (B, C) int8
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Fake-quant forward: float images (B, 3, H, W) -> float logits (B, classes)."""
-        x, scale = self.qact_input(images)
-        x, scale = self.features(x, scale)
-        logits, _ = self.head(x, scale)
-        return logits
-
-    @torch.no_grad()
-    def forward_integer(self, images: torch.Tensor):
-        """Exact integer inference: float images -> (int32 logits (B, K), scale (K,))."""
-        return self.forward_integer_q(self.qact_input.quantize(images))
-
-    @torch.no_grad()
-    def forward_integer_q(self, q_images: torch.Tensor):
-        """Integer inference from int8 images quantized with qact_input's scale."""
-        x, scale = self.features(q_images, self.qact_input.scale())
-        return self.head(x, scale)
