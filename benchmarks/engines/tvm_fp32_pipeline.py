@@ -22,11 +22,11 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx, topi
 from tvm.ir.expr import Constant
-from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import Schedule
 
+from schedules.cpu.dense import ravel, unravel
 from schedules.cpu.generic import block_names, schedule_generic
-from schedules.cpu.pipeline import SCHEDULED
+from schedules.cpu.pipeline import SCHEDULED, llvm_pipeline
 from schedules.cpu.vnni import vector_bytes
 
 PACKED_NAME = "fp32_dense_packed"
@@ -63,7 +63,7 @@ def packed_dense(x: te.Tensor, weight_packed: te.Tensor, out_features: int) -> t
     k_padded = k_groups * K_GROUP
 
     def copy(m, k):
-        value = x[(*_unravel(tirx.min(m, rows - 1), lead), tirx.min(k, reduce - 1))]
+        value = x[(*unravel(tirx.min(m, rows - 1), lead), tirx.min(k, reduce - 1))]
         return tirx.if_then_else(k < reduce, value, tirx.const(0, "float32"))
 
     x_padded = te.compute((rows_padded, k_padded), copy, name=PAD_BLOCK)  # (Mp, Kp) float32
@@ -76,7 +76,7 @@ def packed_dense(x: te.Tensor, weight_packed: te.Tensor, out_features: int) -> t
         name=ACC_BLOCK,
     )  # (Mp, Np) float32
     return te.compute((*lead, out_features),
-                      lambda *index: acc[_ravel(index[:-1], lead), index[-1]],
+                      lambda *index: acc[ravel(index[:-1], lead), index[-1]],
                       name="dense_out")  # (..., N) float32
 
 
@@ -242,40 +242,14 @@ def schedule_float(target: tvm.target.Target) -> tvm.transform.Pass:
 
 def fp32_cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     """cpu_pipeline's stages with the float packing and scheduling in place of the int8 ones."""
-
-    @tvm.transform.module_pass(opt_level=0, name="FP32CPUPipeline")
-    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        with target:
-            seq = tvm.transform.Sequential(
-                cpu_generic.library_dispatch_passes(target)
-                + [relax.transform.FoldConstant(), pack_float_matmuls,
-                   relax.transform.FastMathTransform()]
-                + cpu_generic.legalize_passes(target)
-                + [schedule_float(target)]
-                + cpu_generic.dataflow_lower_passes(target)
-                + cpu_generic.finalize_passes(target)
-            )
-            return seq(mod)
-
-    return _pipeline
+    return llvm_pipeline(
+        target, "FP32CPUPipeline",
+        before_legalize=[relax.transform.FoldConstant(), pack_float_matmuls,
+                         relax.transform.FastMathTransform()],
+        after_fusion=[schedule_float(target)],
+    )
 
 
 def _is_float32(call: relax.Call) -> bool:
     return all(getattr(arg.ty, "dtype", None) == "float32" for arg in call.args
                if isinstance(arg.ty, relax.TensorType))
-
-
-def _unravel(flat: tirx.PrimExpr, shape) -> list[tirx.PrimExpr]:
-    """Row-major multi-index of a flat index into `shape`."""
-    index = []
-    for extent in reversed(shape[1:]):
-        index.append(tirx.floormod(flat, extent))
-        flat = tirx.floordiv(flat, extent)
-    return [flat, *reversed(index)]
-
-
-def _ravel(index, shape) -> tirx.PrimExpr:
-    flat = index[0]
-    for i, extent in zip(index[1:], shape[1:], strict=True):
-        flat = flat * extent + i
-    return flat

@@ -57,7 +57,7 @@ def pack_weight(weight_q: np.ndarray, group: int = K_GROUP) -> tuple[np.ndarray,
 
 
 # ---- compute definition -------------------------------------------------------------------------
-def _unravel(flat: tirx.PrimExpr, shape) -> list[tirx.PrimExpr]:
+def unravel(flat: tirx.PrimExpr, shape) -> list[tirx.PrimExpr]:
     """Row-major multi-index of a flat index into `shape`."""
     index = []
     for extent in reversed(shape[1:]):
@@ -66,7 +66,7 @@ def _unravel(flat: tirx.PrimExpr, shape) -> list[tirx.PrimExpr]:
     return [flat, *reversed(index)]
 
 
-def _ravel(index, shape) -> tirx.PrimExpr:
+def ravel(index, shape) -> tirx.PrimExpr:
     flat = index[0]
     for i, extent in zip(index[1:], shape[1:], strict=True):
         flat = flat * extent + i
@@ -88,7 +88,7 @@ def packed_dense(
     k_padded = k_groups * group
 
     def shifted(m, k):
-        row = _unravel(tirx.min(m, rows - 1), lead)
+        row = unravel(tirx.min(m, rows - 1), lead)
         value = (q_x[(*row, tirx.min(k, reduce - 1))].astype("int32") + SHIFT).astype("uint8")
         if isinstance(reduce, tirx.IntImm | int) and int(reduce) == k_padded:
             return value
@@ -108,7 +108,7 @@ def packed_dense(
 
     return te.compute(
         (*lead, out_features),
-        lambda *index: acc[_ravel(index[:-1], lead), index[-1]] + corr[index[-1]],
+        lambda *index: acc[ravel(index[:-1], lead), index[-1]] + corr[index[-1]],
         name="dense_corr",
     )  # (..., N) int32, the signed dot products
 

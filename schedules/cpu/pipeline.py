@@ -87,16 +87,19 @@ def schedule_cpu(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pass
 
 
-def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's llvm pipeline with PackDenseGEMMs and ScheduleCPU between fusion and lowering."""
+def llvm_pipeline(target: tvm.target.Target, name: str, after_fusion: list,
+                  before_legalize: list = ()) -> tvm.transform.Pass:
+    """TVM's llvm pipeline (dispatch, legalize + fuse, lower, finalize) with extra passes
+    before legalization and between fusion and lowering."""
 
-    @tvm.transform.module_pass(opt_level=0, name="IViTCPUPipeline")
+    @tvm.transform.module_pass(opt_level=0, name=name)
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
+                + list(before_legalize)
                 + cpu_generic.legalize_passes(target)
-                + [pack_dense_gemms(target), schedule_cpu(target)]
+                + list(after_fusion)
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target)
             )
@@ -105,4 +108,10 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-__all__ = ["cpu_pipeline", "schedule_cpu", "schedule_primfunc"]
+def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's llvm pipeline with PackDenseGEMMs and ScheduleCPU between fusion and lowering."""
+    return llvm_pipeline(target, "IViTCPUPipeline",
+                         after_fusion=[pack_dense_gemms(target), schedule_cpu(target)])
+
+
+__all__ = ["cpu_pipeline", "llvm_pipeline", "schedule_cpu", "schedule_primfunc"]
