@@ -23,7 +23,7 @@ test-all: install
 	$(BIN)/python -m pytest -q tests
 
 demo: install
-	$(BIN)/python -m ivit_tvm.demo
+	$(BIN)/python -m ivit_tvm.cli.demo
 
 lint: install
 	$(BIN)/ruff check ivit_tvm relay_passes schedules benchmarks tests setup.py

@@ -5,8 +5,14 @@ setup(
     version="0.1.0",
     description="Integer-only I-ViT vision transformers from PyTorch checkpoints to TVM kernels",
     python_requires=">=3.11",
-    packages=find_packages(include=["ivit_tvm*", "relay_passes*", "schedules*", "benchmarks*"]),
-    package_data={"ivit_tvm": ["data/*"], "schedules": ["**/*.json"]},
+    # schedules/ and benchmarks/ sit at the top of the repository (the asked-for layout) but
+    # install inside the project's namespace, so no generic top-level name lands in a user's
+    # site-packages: `import ivit_tvm.schedules`, `import ivit_tvm.benchmarks`.
+    packages=find_packages(include=["ivit_tvm*", "relay_passes*"]) + [
+        f"ivit_tvm.{name}" for name in find_packages(include=["schedules*", "benchmarks*"])
+    ],
+    package_dir={"ivit_tvm.schedules": "schedules", "ivit_tvm.benchmarks": "benchmarks"},
+    package_data={"ivit_tvm": ["data/*"], "ivit_tvm.schedules.cuda": ["*.c"]},
     install_requires=[
         "apache-tvm[meta-schedule,rpc]==0.27.0.post1",
         "apache-tvm-ffi==0.1.14.post0",
@@ -20,13 +26,13 @@ setup(
     ],
     entry_points={
         "console_scripts": [
-            "ivit-quantize=ivit_tvm.cli:quantize_cmd",
-            "ivit-compile=ivit_tvm.cli_compile:compile_cmd",
-            "ivit-run=ivit_tvm.cli_run:run_cmd",
-            "ivit-eval=ivit_tvm.cli_eval:eval_cmd",
-            "ivit-qat=ivit_tvm.cli_qat:qat_cmd",
-            "ivit-demo=ivit_tvm.demo:demo_cmd",
-            "ivit-bench=ivit_tvm.cli_bench:bench_cmd",
+            "ivit-quantize=ivit_tvm.cli.quantize:quantize_cmd",
+            "ivit-compile=ivit_tvm.cli.compile:compile_cmd",
+            "ivit-run=ivit_tvm.cli.run:run_cmd",
+            "ivit-eval=ivit_tvm.cli.eval:eval_cmd",
+            "ivit-qat=ivit_tvm.cli.qat:qat_cmd",
+            "ivit-demo=ivit_tvm.cli.demo:demo_cmd",
+            "ivit-bench=ivit_tvm.benchmarks.cli:bench_cmd",
         ],
     },
 )

@@ -14,17 +14,10 @@ import time
 from pathlib import Path
 
 import click
-import torch
 
 from ivit_tvm.compile import compile_model, make_target
-from ivit_tvm.models import create_model
-from ivit_tvm.ptq import calibrate, random_batches
-
-
-def calibrated(name: str):
-    torch.manual_seed(0)
-    model = create_model(name)
-    return calibrate(model, random_batches(model.config, 1, 2))
+from ivit_tvm.models import model_config
+from ivit_tvm.ptq import random_calibrated
 
 
 @click.command()
@@ -37,7 +30,7 @@ def calibrated(name: str):
 def main(models, targets, arch, json_out):
     rows = []
     for name in models:
-        model = calibrated(name)
+        model = random_calibrated(model_config(name))
         for kind in targets:
             target = make_target(kind, arch=arch if kind == "cuda" else None)
             with tempfile.TemporaryDirectory() as tmp:

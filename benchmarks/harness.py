@@ -193,7 +193,8 @@ def run_isolated(task: dict, folder: Path, env: dict[str, str]) -> dict:
     result_file.unlink(missing_ok=True)
     timing = task["timing"]
     timeout = STARTUP_S + len(task["batches"]) * (2 * timing["budget_s"] + 60)
-    command = [sys.executable, "-m", "benchmarks.harness", str(task_file), str(result_file)]
+    command = [sys.executable, "-m", "ivit_tvm.benchmarks.harness", str(task_file),
+               str(result_file)]
     with subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True) as proc, OtherLoad(proc.pid) as load:
         try:

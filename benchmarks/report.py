@@ -35,7 +35,7 @@ NOTES = (
     "the same kind of hand-written schedules (a register-blocked GEMM on packed weights, here "
     "with 16-lane FP32 FMA instead of VNNI, also for the patch embedding; parallel, vectorized "
     "attention matmuls; schedules.cpu.generic for everything else) and TVM's fast exp/erf/"
-    "softmax: benchmarks/engines/tvm_fp32_pipeline.py. Neither engine is MetaSchedule-tuned.",
+    "softmax: schedules/cpu/float_dense.py. Neither engine is MetaSchedule-tuned.",
 )
 
 

@@ -25,12 +25,6 @@ CALIBRATION = {"n": 2, "batch": 4, "seed": 0}  # ivit-quantize --num-batches --b
 LABELS = {"deit_tiny": "DeiT-T", "deit_small": "DeiT-S", "deit_base": "DeiT-B",
           "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L",
           "swin_tiny": "Swin-T", "swin_small": "Swin-S", "swin_base": "Swin-B"}
-TIMM_FIELDS = {  # our config fields that timm.create_model takes as keyword arguments
-    "vit": ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth",
-            "num_heads", "mlp_ratio", "qkv_bias"),
-    "swin": ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depths",
-             "num_heads", "window_size", "mlp_ratio", "qkv_bias"),
-}
 
 
 @dataclass(frozen=True)
@@ -76,19 +70,20 @@ def make_workload(spec: ModelSpec, folder: Path) -> Workload:
     import torch
 
     from ivit_tvm.checkpoint import save_checkpoint
-    from ivit_tvm.models import build_model
+    from ivit_tvm.models import architecture
     from ivit_tvm.models.config import ALIASES
-    from ivit_tvm.ptq import calibrate, random_batches
+    from ivit_tvm.ptq import random_calibrated
 
     folder.mkdir(parents=True, exist_ok=True)
     config = model_config_of(spec)
-    torch.manual_seed(CALIBRATION["seed"])
-    quantized = calibrate(build_model(config), random_batches(config, **CALIBRATION))
+    quantized = random_calibrated(config, batches=CALIBRATION["n"],
+                                  batch_size=CALIBRATION["batch"], seed=CALIBRATION["seed"])
     checkpoint = save_checkpoint(quantized, folder / "ivit_ptq.pth", metadata_extra={
         "model_name": ALIASES.get(spec.name, spec.name), "weights": "random-init",
         "calibration": {"images": "random", **CALIBRATION}})
     timm_name = ALIASES.get(spec.name, spec.name)
-    timm_kwargs = {key: _jsonable(getattr(config, key)) for key in TIMM_FIELDS[config.arch]}
+    timm_kwargs = {key: _jsonable(getattr(config, key))
+                   for key in architecture(config.arch).timm_fields}
     workload = Workload(
         key=spec.text, label=spec.label, config=config.to_dict(), timm_name=timm_name,
         timm_kwargs=timm_kwargs, checkpoint=str(checkpoint),

@@ -3,7 +3,8 @@
     report = compile_checkpoint("ckpt.pth", "llvm", out="deit.ivit")
 
 Each stage is one call; `compile_checkpoint` strings them together with a progress bar and
-writes the artifact atomically (artifact.AtomicFolder).
+writes the artifact atomically (artifact.AtomicFolder). The target's backend
+(schedules.backend, looked up once from `make_target`'s TargetInfo) builds and exports.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from tqdm import tqdm
 from . import __version__
 from .artifact import LIBRARY, AtomicFolder, check_output_path, write_manifest
 from .frontend import FrontendResult, from_model
-
-TARGET_KINDS = ("llvm", "cuda")
+from .schedules.backend import TargetInfo, get_backend, make_target
 
 
 @dataclass
@@ -37,42 +37,12 @@ class CompileReport:
         return sum(self.seconds.values())
 
 
-def make_target(kind: str, arch: str | None = None, mcpu: str | None = None) -> tvm.target.Target:
-    """A TVM target from the CLI's words (schedules.targets holds the rules)."""
-    from schedules.targets import make_target as _make
-
-    if kind not in TARGET_KINDS:
-        raise ValueError(f"target {kind!r} not supported: choose one of {', '.join(TARGET_KINDS)}")
-    return _make(kind, arch=mcpu if kind == "llvm" else arch)
-
-
-def apply_graph_passes(result: FrontendResult, target: tvm.target.Target) -> FrontendResult:
+def apply_graph_passes(result: FrontendResult) -> FrontendResult:
+    """relay_passes.integer_pipeline: verify integer-only, fuse GEMM + requantize."""
     from relay_passes import integer_pipeline
 
-    # Weight packing waits until the CPU schedule reads packed, fused GEMMs (see schedules/cpu).
-    result.mod = integer_pipeline(target.kind.name, pack_weights=False)(result.mod)
+    result.mod = integer_pipeline()(result.mod)
     return result
-
-
-def build(mod: tvm.IRModule, target: tvm.target.Target):
-    """Compile for the target: a Relax VM executable."""
-    if target.kind.name == "cuda":
-        from schedules.cuda.build import build_cuda
-
-        return build_cuda(mod, target)
-    from schedules.cpu.pipeline import cpu_pipeline
-
-    return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
-
-
-def export(executable, target: tvm.target.Target, folder: Path) -> str:
-    """Write the library into `folder`; returns a sentence saying what it holds."""
-    if target.kind.name == "cuda":
-        from schedules.cuda.build import export_cuda
-
-        return export_cuda(executable, target, folder / LIBRARY)
-    executable.export_library(str(folder / LIBRARY))
-    return f"native {target.kind.name} library; runs with the TVM runtime on this CPU type"
 
 
 def versions() -> dict:
@@ -81,12 +51,14 @@ def versions() -> dict:
     return {"ivit_tvm": __version__, "tvm": tvm.__version__, "torch": torch.__version__}
 
 
-def compile_model(model, target: tvm.target.Target, out: str | os.PathLike,
+def compile_model(model, target: TargetInfo, out: str | os.PathLike,
                   batch: int | None = None, force: bool = False, source: str = "",
                   progress: bool = True) -> CompileReport:
-    """Compile a loaded, frozen I-ViT model into an artifact folder at `out`."""
+    """Compile a loaded, frozen I-ViT model into an artifact folder at `out` (target: from
+    make_target)."""
     out = check_output_path(out, force)
-    report = CompileReport(out=out, target=json.loads(str(target)))
+    backend = get_backend(target.kind)
+    report = CompileReport(out=out, target=json.loads(str(target.target)))
     stages = ["frontend", "graph passes", "build", "export"]
     bar = tqdm(total=len(stages), desc="ivit-compile", unit="stage", disable=not progress)
 
@@ -103,14 +75,14 @@ def compile_model(model, target: tvm.target.Target, out: str | os.PathLike,
         result = from_model(model, batch=batch)
         done("frontend", t)
         t = stage("graph passes")
-        result = apply_graph_passes(result, target)
+        result = apply_graph_passes(result)
         done("graph passes", t)
         t = stage("build")
-        executable = build(result.mod, target)
+        built = backend.build(result.mod, target)
         done("build", t)
         with AtomicFolder(out) as folder:
             t = stage("export")
-            report.contents = export(executable, target, folder)
+            report.contents = backend.export(built, target, folder / LIBRARY)
             report.library_bytes = (folder / LIBRARY).stat().st_size
             write_manifest(folder, {
                 "source": source,

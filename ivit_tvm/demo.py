@@ -1,25 +1,21 @@
-"""The digits demo (`make demo`, `python -m ivit_tvm.demo`, `ivit-demo`): compile the bundled
+"""The digits demo behind `ivit-demo` (ivit_tvm.cli.demo, `make demo`): compile the bundled
 QAT checkpoint for this CPU, run the test split through the artifact and print one table.
 
 It compares the float model, the PyTorch integer reference and the compiled artifact on
 scikit-learn's handwritten digits (ivit_tvm.data), checks that the artifact's int32 logits
-equal the reference's on every image, and times the artifact. Exit status 1 if any differ.
+equal the reference's on every image, and times the artifact.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import click
 import numpy as np
 import torch
 
 from . import data
-from .cli_common import CONTEXT, reports_errors
 
 LATENCY_IMAGES = 100  # batch-1 runs timed (after one warm-up run)
 
@@ -125,30 +121,3 @@ def run_demo(out: str | os.PathLike, subset: int | None = None, batch_size: int 
         batch_size=batch_size,
         compile_seconds=report.total_seconds,
     )
-
-
-@click.command("ivit-demo", context_settings=CONTEXT)
-@click.option("--subset", type=click.IntRange(min=1), default=None,
-              help="Use only the first N test images. [default: all 450]")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Write the artifact to this new folder and keep it. [default: a temporary "
-                   "folder, removed afterwards]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Batch size of the accuracy and throughput runs.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@reports_errors
-def demo_cmd(subset, out, batch_size, quiet):
-    """Compile the bundled digits model (QAT, integer-only DeiT) for this CPU, run the digits
-    test split through it and print FP / integer-reference / ivit-tvm accuracy, agreement and
-    latency. Exits with status 1 unless the artifact's logits equal the reference's."""
-    with tempfile.TemporaryDirectory(prefix="ivit-demo-") as tmp:
-        result = run_demo(out or Path(tmp) / "digits.ivit", subset, batch_size,
-                          progress=not quiet, log=lambda msg: click.echo(msg, err=True))
-    click.echo(result.table())
-    if not result.ok:
-        raise ValueError(f"the artifact disagrees with the PyTorch integer reference on "
-                         f"{result.images - result.bit_exact} of {result.images} images")
-
-
-if __name__ == "__main__":
-    demo_cmd(prog_name="ivit-demo")

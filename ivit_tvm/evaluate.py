@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .models import ModelConfig, SwinConfig, ViTConfig
+from .models import ModelConfig, architecture
 from .models.fp_weights import DERIVED_TIMM_BUFFERS, parameter_names
 
 TOP_K = (1, 5)
@@ -29,23 +29,8 @@ TOP_K = (1, 5)
 
 def build_fp_model(config: ModelConfig) -> nn.Module:
     """timm's float model for a configuration (randomly initialised, eval mode)."""
-    if isinstance(config, ViTConfig):
-        from timm.models.vision_transformer import VisionTransformer
-
-        model = VisionTransformer(
-            img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
-            num_classes=config.num_classes, embed_dim=config.embed_dim, depth=config.depth,
-            num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias)
-    elif isinstance(config, SwinConfig):
-        from timm.models.swin_transformer import SwinTransformer
-
-        model = SwinTransformer(
-            img_size=config.img_size, patch_size=config.patch_size, in_chans=config.in_chans,
-            num_classes=config.num_classes, embed_dim=config.embed_dim, depths=config.depths,
-            num_heads=config.num_heads, window_size=config.window_size,
-            mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias)
-    else:
-        raise TypeError(f"no float model for {type(config).__name__}")
+    arch = architecture(config.arch)
+    model = arch.timm_model(**{name: getattr(config, name) for name in arch.timm_fields})
     return model.eval()
 
 

@@ -58,6 +58,17 @@ def random_batches(config: ModelConfig, n: int, batch: int,
     return (torch.randn(shape, generator=generator) for _ in range(n))
 
 
+def random_calibrated(config: ModelConfig, batches: int = 2, batch_size: int = 4,
+                      seed: int = 0) -> nn.Module:
+    """A randomly initialised model calibrated on random images, frozen: the one model for tests
+    and latency benchmarks (what `ivit-quantize --random-init --calib random` makes).
+
+    Seeds torch's global generator with `seed` for the weights, so equal arguments give equal
+    models."""
+    torch.manual_seed(seed)
+    return calibrate(build_model(config), random_batches(config, batches, batch_size, seed=seed))
+
+
 def eval_transform(img_size: int) -> transforms.Compose:
     """timm/DeiT evaluation preprocessing: bicubic resize, center crop, ImageNet normalisation."""
     return transforms.Compose([
@@ -123,5 +134,5 @@ def _check_counts(n: int, batch: int) -> None:
 
 __all__ = [
     "calibrate", "eval_transform", "folder_batches", "image_files", "quantize_fp",
-    "random_batches",
+    "random_batches", "random_calibrated",
 ]

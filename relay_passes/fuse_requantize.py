@@ -10,16 +10,16 @@ relax.transform.FuseTIR, so the fused body is the two original bodies, bit for b
 
 from __future__ import annotations
 
-import re
-
 import tvm
 from tvm import relax
 from tvm.relax.dpl import GlobalVarPattern, TuplePattern, is_op, wildcard
 
+from ivit_tvm.ops import names
+
 from .module_utils import drop_orphans
 
-GEMM_NAME = re.compile(r"ivit_(dense|batch_matmul)\w*")  # ivit_dense3, ivit_batch_matmul1, ...
-REQUANTIZE_NAME = re.compile(r"ivit_requantize\d*")  # not ivit_requantize_add
+GEMM_NAME = names.GEMM_FUNC
+REQUANTIZE_NAME = names.REQUANTIZE_FUNC
 PATTERN_NAME = "ivit.gemm_requantize"
 REQUANTIZE_PARAM_COUNTS = (0, 2)  # per-tensor (baked in) or per-channel (multiplier, shift)
 

@@ -10,18 +10,17 @@ holds after legalization and fusion (fused_... functions) too.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import tvm
 import tvm_ffi
 from tvm import ir, relax, tirx
 
-from ivit_tvm.frontend.graph import INPUT_QUANTIZE
+from ivit_tvm.ops.names import INPUT_QUANTIZE, INPUT_QUANTIZE_FUNC
 
 ENTRY = "main"
 CALL_TIR_OPS = ("relax.call_tir", "relax.call_tir_inplace", "relax.call_tir_with_grad")
-QUANTIZER_NAME = re.compile(rf"(fused_)?{INPUT_QUANTIZE}\d*")  # frontend or FuseOps/FuseTIR name
+QUANTIZER_NAME = INPUT_QUANTIZE_FUNC  # frontend or FuseOps/FuseTIR name
 MAX_FINDINGS_PER_PRIMFUNC = 4
 
 

@@ -1,19 +1,48 @@
-"""Compilation targets: `make_target("cuda", "sm_90")`, `make_target("llvm", "cascadelake")`.
+"""Target rules and capabilities: `llvm_target("cascadelake")`, `cuda_target("sm_90")`, and
+what the schedules may use on them (`Capabilities`), resolved once per target.
 
 TVM 0.27 takes targets as JSON dicts only (option strings such as "llvm -mcpu=x" are refused,
-and a bare "cuda" means sm_50), so the project builds them here.
+and a bare "cuda" means sm_50), so the project builds them here. schedules.backend pairs
+these rules with each kind's pipeline, build and export.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 
 import tvm
+from tvm.target import codegen
 
 CUDA_ARCH = re.compile(r"sm_(\d{2,3})([af]?)")
 CUDA_ARCH_FORMS = '"sm_XY" with compute capability X.Y, e.g. "sm_80", "sm_86", "sm_90", "sm_90a"'
 MIN_CUDA_ARCH = 61  # dp4a needs sm_61+
+VNNI_FEATURE = "avx512vnni"  # vpdpbusd/vpdpwssd on 512-bit vectors
+VECTOR_FEATURES = (("avx512bw", 64), ("avx2", 32))  # widest integer vector, in bytes; else 16
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a target offers the schedules, resolved once (`llvm_capabilities`,
+    `cuda_capabilities`) and handed to every stage that asks."""
+
+    vnni: bool = False  # llvm: AVX512-VNNI (the int8 GEMMs use vpdpbusd/vpdpwssd)
+    vector_bytes: int = 16  # llvm: widest integer vector register (64 AVX-512, 32 AVX2)
+    cuda_arch: str | None = None  # cuda: "sm_XY"
+    cuda_driver: bool = False  # cuda: a driver (libcuda.so.1) is loaded here: nvcc in process
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """A TVM target with its resolved capabilities; `kind` names its schedules.backend."""
+
+    target: tvm.target.Target
+    caps: Capabilities
+
+    @property
+    def kind(self) -> str:
+        return self.target.kind.name
 
 
 def host_cores() -> int:
@@ -37,39 +66,34 @@ def check_cuda_arch(arch: str) -> str:
     return arch
 
 
-def make_target(kind: str, arch: str | None = None) -> tvm.target.Target:
-    """A TVM target for "llvm" (arch: an optional LLVM -mcpu) or "cuda" (arch: "sm_XY").
+def llvm_target(mcpu: str | None = None) -> tvm.target.Target:
+    """A TVM llvm target: "num-cores" is this host's core count; without an mcpu, this host's
+    CPU (so the VNNI kernels are used where the CPU has them; pass e.g. "x86-64" for a portable
+    build)."""
+    mcpu = host_cpu() if mcpu is None else check_llvm_cpu(mcpu)
+    return tvm.target.Target({"kind": "llvm", "num-cores": host_cores(), "mcpu": mcpu})
 
-    cuda: the host side is plain x86-64 llvm, so artifacts run on any x86-64 host. With arch
-    None the arch of the local GPU is used, and its absence is an error (no silent default).
-    llvm: "num-cores" is this host's core count; without an mcpu, this host's CPU (so the VNNI
-    kernels are used where the CPU has them; pass e.g. "x86-64" for a portable build).
-    """
-    if kind == "llvm":
-        mcpu = host_cpu() if arch is None else check_llvm_cpu(arch)
-        return tvm.target.Target({"kind": "llvm", "num-cores": host_cores(), "mcpu": mcpu})
-    if kind == "cuda":
-        if arch is None:
-            arch = local_cuda_arch()
-        return tvm.target.Target(
-            {"kind": "cuda", "arch": check_cuda_arch(arch), "host": {"kind": "llvm"}}
-        )
-    raise ValueError(f'target kind {kind!r} not supported: expected "llvm" or "cuda"')
+
+def cuda_target(arch: str | None = None) -> tvm.target.Target:
+    """A TVM cuda target for `arch` ("sm_XY"). The host side is plain x86-64 llvm, so artifacts
+    run on any x86-64 host. With arch None the arch of the local GPU is used, and its absence
+    is an error (no silent default)."""
+    if arch is None:
+        arch = local_cuda_arch()
+    return tvm.target.Target(
+        {"kind": "cuda", "arch": check_cuda_arch(arch), "host": {"kind": "llvm"}}
+    )
 
 
 def host_cpu() -> str:
     """The LLVM name of this machine's CPU (e.g. "cascadelake", "znver5")."""
-    from tvm.target.codegen import llvm_get_system_cpu
-
-    return llvm_get_system_cpu()
+    return codegen.llvm_get_system_cpu()
 
 
 def check_llvm_cpu(mcpu: str) -> str:
     """Return `mcpu` if LLVM knows it; else ValueError naming how to list the valid ones."""
-    from tvm.target.codegen import llvm_is_valid_cpu
-
     triple = tvm.target.Target({"kind": "llvm"}).attrs.get("mtriple")
-    if not llvm_is_valid_cpu(mcpu, triple):
+    if not codegen.llvm_is_valid_cpu(mcpu, triple):
         raise ValueError(f"LLVM does not know the CPU {mcpu!r}: use an LLVM -mcpu name such as "
                          f"x86-64, haswell, cascadelake, znver4 (this host: {host_cpu()})")
     return mcpu
@@ -83,3 +107,21 @@ def local_cuda_arch() -> str:
             f"no CUDA device here to take the arch from: pass one ({CUDA_ARCH_FORMS})"
         )
     return "sm_" + device.compute_version.replace(".", "")
+
+
+def llvm_capabilities(target: tvm.target.Target) -> Capabilities:
+    """VNNI and the vector width of an llvm target's mcpu/mattr."""
+    vnni = bool(codegen.target_has_features(VNNI_FEATURE, target))
+    width = next((w for f, w in VECTOR_FEATURES if codegen.target_has_features(f, target)), 16)
+    return Capabilities(vnni=vnni, vector_bytes=width)
+
+
+def cuda_capabilities(target: tvm.target.Target) -> Capabilities:
+    """The arch of a cuda target, and whether this process has a CUDA driver to build with."""
+    arch = check_cuda_arch(str(target.attrs["arch"]))
+    return Capabilities(cuda_arch=arch, cuda_driver=cuda_driver_loaded())
+
+
+def cuda_driver_loaded() -> bool:
+    """Whether this process loaded TVM's CUDA runtime (it needs libcuda.so.1, real or stub)."""
+    return "tvm_runtime_cuda" in tvm.base._LOADED_LIBS

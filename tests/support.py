@@ -6,8 +6,8 @@ import functools
 
 import torch
 
-from ivit_tvm.models import build_model, model_config
-from ivit_tvm.ptq import calibrate, random_batches
+from ivit_tvm.models import model_config
+from ivit_tvm.ptq import random_calibrated
 from ivit_tvm.quant import IntGELU, IntSoftmax, QuantAct, QuantMatMul
 
 DEIT = model_config("deit_tiny", img_size=32, patch_size=8, depth=2, num_classes=10)
@@ -19,8 +19,7 @@ SWIN = model_config("swin_tiny", img_size=32, patch_size=4, embed_dim=48, depths
 @functools.cache
 def quantized(config, seed: int = 0):
     """A calibrated model, shared by the tests (none of them changes it)."""
-    torch.manual_seed(seed)
-    return calibrate(build_model(config), random_batches(config, 2, 4, seed=seed))
+    return random_calibrated(config, seed=seed)
 
 
 def images(config, seed: int, batch: int = 3) -> torch.Tensor:
@@ -49,8 +48,6 @@ def public_release_state(model) -> dict[str, torch.Tensor]:
             hidden = model.get_submodule(name.rpartition(".")[0]).fc1.out_features
             state[key] = state[key].expand(hidden).clone()
     return state
-
-
 
 
 def deit_and_images():

@@ -2,7 +2,7 @@
 
 INT8 is `onnxruntime.quantization.quantize_dynamic`: activations u8 (always, in dynamic
 quantization: ORT's MatMulInteger is many times slower with s8 activations on x86, see
-shared/docs/tvm-0.27-notes.md, "Baseline fairness") and weights s8, the u8 x s8 form that
+docs/tvm-notes.md, "Measuring") and weights s8, the u8 x s8 form that
 AVX512-VNNI computes (on the 2-core VNNI machine, DeiT-S batch 1 took 47 ms with s8 weights
 and 65 ms with u8 weights). ORT's quantization pre-processing changed neither, so it is not run.
 """

@@ -8,22 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The measuring process loads only libtvm_runtime, as a deployment would (tvm-0.27 notes).
+# The measuring process loads only libtvm_runtime, as a deployment would (docs/tvm-notes.md).
 RUNTIME_ONLY = {"TVM_USE_RUNTIME_LIB": "1"}
 
 
-def host_mcpu() -> str:
-    """LLVM's name for this machine's CPU (e.g. "znver5"), which enables its vector features."""
-    from tvm.target import codegen
-
-    return codegen.llvm_get_system_cpu()
-
-
 def llvm_target(mcpu: str):
-    """The llvm target both TVM engines compile for (the project's make_target rules)."""
-    from schedules.targets import make_target
+    """The llvm target (with its capabilities) both TVM engines compile for."""
+    from ivit_tvm.schedules.backend import make_target
 
-    return make_target("llvm", mcpu)
+    return make_target("llvm", mcpu=mcpu)
 
 
 def load_vm(library: str | Path):

@@ -2,9 +2,9 @@
 
 Import: `torch.export` with a dynamic batch axis, then `relax.frontend.torch.
 from_exported_program` (TVM's ONNX frontend cannot import timm's Swin: its Reshape of a
-concatenated shape fails). Compile: the same llvm target as ivit-tvm and its pipeline's
-float twin (tvm_fp32_pipeline: the same passes, the same GEMM, batch-matmul and generic
-schedules, the GEMM without VNNI). Neither engine is MetaSchedule-tuned.
+concatenated shape fails). Compile: the same llvm target as ivit-tvm and the float variant of
+its CPU backend (schedules.cpu.pipeline.float_cpu_pipeline: the same passes and rule list,
+float GEMM and batch-matmul rules, FMA in place of VNNI). Neither engine is MetaSchedule-tuned.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ class TVMFloat32(Engine):
     def prepare(self, workload: Workload, settings: Settings) -> Prepared:
         import torch
         import tvm
+        from ivit_tvm.schedules.cpu.pipeline import float_cpu_pipeline
         from tvm.relax.frontend.torch import from_exported_program
 
         from ..workload import fp_model
-        from .tvm_fp32_pipeline import fp32_cpu_pipeline
 
         model = fp_model(workload)
         example = torch.zeros(2, *workload.input_chw)
@@ -41,7 +41,8 @@ class TVMFloat32(Engine):
             program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         mod = from_exported_program(program, keep_params_as_input=False)
         target = llvm_target(settings.mcpu)
-        executable = tvm.compile(mod, target=target, relax_pipeline=fp32_cpu_pipeline(target))
+        executable = tvm.compile(mod, target=target.target,
+                                 relax_pipeline=float_cpu_pipeline(target))
         library = Path(workload.folder) / "tvm_fp32.so"
         executable.export_library(str(library))
         return Prepared(files={"library": str(library)}, weights_bytes=library.stat().st_size,

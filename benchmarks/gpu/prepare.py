@@ -112,24 +112,6 @@ def write_runtime_tarball(path: Path) -> dict:
 
 
 # ---- models, artifacts, references ------------------------------------------------------
-def calibrated_model(name: str, overrides: dict, seed: int = 0):
-    import torch
-
-    from ivit_tvm.models import create_model
-    from ivit_tvm.quant import set_calibration
-
-    torch.manual_seed(seed)
-    model = create_model(name, **overrides).eval()
-    cfg = model.config
-    images = torch.randn(3, cfg.in_chans, cfg.img_size, cfg.img_size)
-    with torch.no_grad():
-        for _ in range(3):
-            model(images)
-        set_calibration(model, False)
-        model(images)
-    return model
-
-
 def references(model, batches, seed: int = 1) -> dict[str, np.ndarray]:
     """Float images and PyTorch's integer logits per batch size."""
     import torch
@@ -148,20 +130,23 @@ def references(model, batches, seed: int = 1) -> dict[str, np.ndarray]:
 
 
 def prepare_model(name: str, arch: str, out: Path) -> dict:
+    from ivit_tvm.schedules.cuda.export import export_cuda_library
+    from ivit_tvm.schedules.targets import cuda_target
+
     from ivit_tvm.frontend import from_model
-    from schedules.cuda.build import export_cuda_library
-    from schedules.targets import make_target
+    from ivit_tvm.models import model_config
+    from ivit_tvm.ptq import random_calibrated
 
     model_name, overrides, batches = MODELS[name]
     started = time.time()
-    model = calibrated_model(model_name, overrides)
+    model = random_calibrated(model_config(model_name, **overrides))
     log(f"{name}: model ready ({time.time() - started:.0f} s)")
     result = from_model(model)
     refs = references(model, batches)
     np.savez(out / f"{name}_ref.npz", **refs)
     log(f"{name}: references for batches {list(batches)} ({time.time() - started:.0f} s)")
     build_started = time.time()
-    info = export_cuda_library(result.mod, make_target("cuda", arch), out / f"{name}.so")
+    info = export_cuda_library(result.mod, cuda_target(arch), out / f"{name}.so")
     build_s = time.time() - build_started
     log(f"{name}: {info.path.name} {info.size_bytes / 2**20:.1f} MiB, built in {build_s:.0f} s")
     return {

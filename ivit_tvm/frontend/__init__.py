@@ -16,8 +16,9 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from ..models.config import SwinConfig, ViTConfig
-from .graph import INPUT_QUANTIZE, IntegerGraph
+from ..models.registry import architecture
+from ..ops.names import INPUT_QUANTIZE
+from .graph import IntegerGraph
 
 BATCH_VAR = "batch"
 
@@ -30,22 +31,10 @@ class FrontendResult:
     input_shape: tuple  # (B, C, H, W) with B = -1 when symbolic
 
 
-def _emitter(config):
-    if isinstance(config, ViTConfig):
-        from .vit import emit_vit
-
-        return emit_vit
-    if isinstance(config, SwinConfig):
-        from .swin import emit_swin
-
-        return emit_swin
-    raise TypeError(f"no frontend for {type(config).__name__}")
-
-
 def from_model(model, batch: int | None = None) -> FrontendResult:
     """Lower a frozen I-ViT model to Relax (see the module docstring)."""
     cfg = model.config
-    emit = _emitter(cfg)
+    emit = architecture(cfg.arch).emit
     batch_dim = tirx.Var(BATCH_VAR, "int64") if batch is None else int(batch)
     image_shape = (batch_dim, cfg.in_chans, cfg.img_size, cfg.img_size)
     bb = relax.BlockBuilder()

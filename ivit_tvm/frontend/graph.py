@@ -13,12 +13,11 @@ import torch
 from tvm import relax, te, tirx
 
 from .. import ops
+from ..ops import names
 from ..ops.integer import storage_dtype
 from ..quant import IntGELU, IntLayerNorm, IntSoftmax, QuantAct, QuantLinear, QuantMatMul
 from ..quant import functional as qf
 from ..quant.modules import requant_params
-
-INPUT_QUANTIZE = "ivit_quantize_input"  # the one PrimFunc allowed to read floats
 
 
 def quantize_input(x: te.Tensor, scale: float, bits: int) -> te.Tensor:
@@ -87,11 +86,11 @@ class IntegerGraph:
         bits = act.activation_bit
         if identity is None:
             out = self.te(ops.requantize, x, multiplier=multiplier, shift=shift, bits=bits,
-                          name=f"ivit_requantize{name}")
+                          name=f"{names.REQUANTIZE}{name}")
         else:
             multiplier_id, shift_id = self._dyadic(identity_scale, out_scale)
             out = self.te(ops.requantize_add, x, multiplier, shift, identity, multiplier_id,
-                          shift_id, bits, name=f"ivit_requantize_add{name}")
+                          shift_id, bits, name=f"{names.REQUANTIZE_ADD}{name}")
         return out, out_scale
 
     def linear(self, layer: QuantLinear, x, scale_in):
@@ -99,18 +98,18 @@ class IntegerGraph:
         bias = None
         if layer.bias_integer is not None:
             bias = self.const(layer.bias_integer, "int32")
-        out = self.te(ops.integer_dense, x, weight, bias, name="ivit_dense")
+        out = self.te(ops.integer_dense, x, weight, bias, name=names.DENSE)
         return out, layer.output_scale(scale_in)
 
     def matmul(self, a, scale_a, b, scale_b, transpose_b: bool = False):
         out = self.te(ops.integer_batch_matmul, a, b, transpose_b=transpose_b,
-                      name="ivit_batch_matmul")
+                      name=names.BATCH_MATMUL)
         return out, QuantMatMul.output_scale(scale_a, scale_b)
 
     def layernorm(self, norm: IntLayerNorm, x, scale_in):
         del scale_in  # I-LayerNorm's output scale depends only on C and gamma
         bias = self.const(norm.bias_integer, "int32")
-        out = self.te(ops.int_layernorm, x, bias, name="ivit_layernorm")
+        out = self.te(ops.int_layernorm, x, bias, name=names.LAYERNORM)
         return out, norm.output_scale()
 
     def softmax(self, softmax: IntSoftmax, x, scale_in, mask=None):
@@ -118,10 +117,10 @@ class IntegerGraph:
         x0 = qf.exp_x0(scale_in)
         bits = softmax.output_bit
         if mask is None:
-            out = self.te(ops.shiftmax, x, x0=x0, out_bits=bits, name="ivit_shiftmax")
+            out = self.te(ops.shiftmax, x, x0=x0, out_bits=bits, name=names.SHIFTMAX)
         else:
             out = self.te(ops.shiftmax, x, x0, bits, mask, window_mask=True,
-                          name="ivit_shiftmax_masked")
+                          name=names.SHIFTMAX_MASKED)
         return out, softmax.output_scale()
 
     def sum_tokens(self, x, axis: int):
@@ -129,10 +128,10 @@ class IntegerGraph:
         return self.emit(relax.op.sum(self.cast(x, "int32"), axis=[axis]))
 
     def gelu(self, gelu: IntGELU, x, scale_in):
-        out = self.te(ops.shiftgelu, x, x0=qf.gelu_x0(scale_in), name="ivit_shiftgelu")
+        out = self.te(ops.shiftgelu, x, x0=qf.gelu_x0(scale_in), name=names.SHIFTGELU)
         return out, gelu.output_scale(scale_in)
 
     def quantize_input(self, act: QuantAct, images):
         out = self.te(quantize_input, images, scale=float(act.scale().item()),
-                      bits=act.activation_bit, name=INPUT_QUANTIZE)
+                      bits=act.activation_bit, name=names.INPUT_QUANTIZE)
         return out, act.scale()

@@ -4,27 +4,15 @@ from __future__ import annotations
 
 from torch import nn
 
-from .config import (
-    MODEL_CONFIGS,
-    ModelConfig,
-    SwinConfig,
-    ViTConfig,
+from .config import MODEL_CONFIGS, ModelConfig, SwinConfig, ViTConfig, model_config
+from .registry import (
+    ARCHITECTURES,
+    CONFIG_CLASSES,
+    Architecture,
+    architecture,
+    build_model,
     config_from_dict,
-    model_config,
 )
-
-
-def build_model(config: ModelConfig) -> nn.Module:
-    """A fresh quantized model (fake-quant mode, calibration on) for a configuration."""
-    if isinstance(config, ViTConfig):
-        from .vit import VisionTransformer
-
-        return VisionTransformer(config)
-    if isinstance(config, SwinConfig):
-        from .swin import SwinTransformer
-
-        return SwinTransformer(config)
-    raise TypeError(f"no builder for {type(config).__name__}")
 
 
 def create_model(name: str, **overrides) -> nn.Module:
@@ -33,6 +21,7 @@ def create_model(name: str, **overrides) -> nn.Module:
 
 
 __all__ = [
-    "MODEL_CONFIGS", "ModelConfig", "SwinConfig", "ViTConfig", "build_model", "config_from_dict",
-    "create_model", "model_config",
+    "ARCHITECTURES", "Architecture", "CONFIG_CLASSES", "MODEL_CONFIGS", "ModelConfig",
+    "SwinConfig", "ViTConfig", "architecture", "build_model", "config_from_dict", "create_model",
+    "model_config",
 ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,11 @@ class ViTConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ViTConfig:
+        """Inverse of `to_dict`."""
+        return cls(**d)
+
 
 @dataclass(frozen=True)
 class SwinConfig:
@@ -56,6 +63,11 @@ class SwinConfig:
         d = asdict(self)
         d["depths"], d["num_heads"] = list(self.depths), list(self.num_heads)
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SwinConfig:
+        """Inverse of `to_dict` (lists back to tuples)."""
+        return cls(**{**d, "depths": tuple(d["depths"]), "num_heads": tuple(d["num_heads"])})
 
 
 ModelConfig = ViTConfig | SwinConfig
@@ -98,14 +110,3 @@ def model_config(name: str, **overrides) -> ModelConfig:
                          f"{sorted(valid)}")
     return type(base)(**{**asdict(base), **overrides})
 
-
-def config_from_dict(d: dict) -> ModelConfig:
-    """Inverse of `to_dict` (checkpoint metadata)."""
-    d = dict(d)
-    arch = d.get("arch")
-    if arch == "vit":
-        return ViTConfig(**d)
-    if arch == "swin":
-        d["depths"], d["num_heads"] = tuple(d["depths"]), tuple(d["num_heads"])
-        return SwinConfig(**d)
-    raise ValueError(f"unknown architecture '{arch}' in model config (expected 'vit' or 'swin')")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig, SwinConfig, ViTConfig
+from .registry import architecture
 
 LINEAR = ("weight", "bias")
 VIT_BLOCK = (
@@ -27,7 +28,8 @@ SWIN_MERGE = ("norm.weight", "norm.bias", "reduction.weight")
 DERIVED_TIMM_BUFFERS = ("relative_position_index", "attn_mask")
 
 
-def _vit_names(config: ViTConfig) -> dict[str, str]:
+def vit_names(config: ViTConfig) -> dict[str, str]:
+    """DeiT/ViT: the same keys as timm."""
     names = {n: n for n in ("cls_token", "pos_embed", "patch_embed.proj.weight",
                             "patch_embed.proj.bias", "norm.weight", "norm.bias",
                             "head.weight", "head.bias")}
@@ -36,7 +38,8 @@ def _vit_names(config: ViTConfig) -> dict[str, str]:
     return names
 
 
-def _swin_names(config: SwinConfig) -> dict[str, str]:
+def swin_names(config: SwinConfig) -> dict[str, str]:
+    """Swin: patch merging one stage earlier than timm, classifier `head` for `head.fc`."""
     names = {n: n for n in ("patch_embed.proj.weight", "patch_embed.proj.bias",
                             "patch_embed.norm.weight", "patch_embed.norm.bias",
                             "norm.weight", "norm.bias")}
@@ -53,11 +56,7 @@ def _swin_names(config: SwinConfig) -> dict[str, str]:
 
 def parameter_names(config: ModelConfig) -> dict[str, str]:
     """Our float parameter name -> timm state-dict key, for every float parameter."""
-    if isinstance(config, ViTConfig):
-        return _vit_names(config)
-    if isinstance(config, SwinConfig):
-        return _swin_names(config)
-    raise TypeError(f"no timm name table for {type(config).__name__}")
+    return architecture(config.arch).timm_names(config)
 
 
 def map_timm_state_dict(config: ModelConfig, timm_sd: dict) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from numbers import Integral
 
 from tvm import tirx
 
-from ..quant.functional import (
+from ..quant.constants import (
     INT32_MAX,
     INT32_MIN,
     MAX_SHIFT,

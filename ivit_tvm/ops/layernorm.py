@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
-from ..quant.functional import INT32_MAX, LAYERNORM_NEWTON_START, LAYERNORM_NEWTON_STEPS
+from ..quant.constants import INT32_MAX, LAYERNORM_NEWTON_START, LAYERNORM_NEWTON_STEPS
 from .integer import as_int64, const64, newton_sqrt_step, round_div_half_even, saturate_int32
 from .shapes import require_extent, require_int
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from tvm import te
 
+from . import names
 from .integer import as_int64, dtype_of, saturate_int32
 from .shapes import broadcast_index, broadcast_shape, require_extent, require_int
 
@@ -40,7 +41,7 @@ def integer_dense(
         lambda *index: te.sum(
             _as_i32(q_x[(*index[:-1], k)]) * _as_i32(weight_q[index[-1], k]), axis=k
         ),
-        name="dense_acc",
+        name=names.DENSE_ACC_BLOCK,
     )  # (..., N) int32
     if bias_q is None:
         return acc
@@ -51,7 +52,7 @@ def integer_dense(
     return te.compute(
         acc.shape,
         lambda *index: saturate_int32(as_int64(acc[index]) + as_int64(bias_q[index[-1]])),
-        name="dense_bias",
+        name=names.DENSE_BIAS_BLOCK,
     )  # (..., N) int32
 
 
@@ -86,5 +87,5 @@ def integer_batch_matmul(q_a: te.Tensor, q_b: te.Tensor, transpose_b: bool = Fal
             * _as_i32(b_at(index[:-2], k, index[-1])),
             axis=k,
         ),
-        name="batch_matmul_acc",
+        name=names.BATCH_MATMUL_ACC_BLOCK,
     )  # (..., M, N) int32

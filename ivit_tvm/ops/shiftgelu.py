@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
-from ..quant.functional import GELU_SIGMOID_BITS, INT32_MAX, SHIFTGELU_N
+from ..quant.constants import GELU_SIGMOID_BITS, INT32_MAX, SHIFTGELU_N
 from .integer import as_int64, const64, require_exp_x0, shift_exp
 from .shapes import require_int
 

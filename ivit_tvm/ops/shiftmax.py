@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
-from ..quant.functional import INT32_MAX, SHIFTMAX_N
+from ..quant.constants import INT32_MAX, SHIFTMAX_N
 from .integer import as_int64, const64, dtype_of, require_exp_x0, shift_exp, storage_dtype
 from .shapes import broadcast_index, broadcast_shape, require_extent, require_int
 

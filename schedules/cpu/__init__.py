@@ -1,9 +1,12 @@
-"""CPU (llvm) build: `pipeline.cpu_pipeline(target)`, the Relax pipeline with the schedules.
+"""CPU (llvm) build: `pipeline.cpu_pipeline(info)`, the Relax pipeline with the schedules.
 
-- pipeline: TVM's llvm pipeline + PackDenseGEMMs + ScheduleCPU (entry point);
-- dense: int8 dense on packed weights (vpdpbusd), its compile-time packing and schedule;
+- pipeline: TVM's llvm pipeline + PackDenseGEMMs + ScheduleCPU (entry points; float variant);
+- rules: the ordered schedule rules ScheduleCPU runs on every fused kernel;
+- packing: PackDenseGEMMs, constant int8 dense weights packed at compile time;
+- dense: int8 dense on packed weights (vpdpbusd), its TE kernel and schedule;
 - matmul: attention's batch matmuls, operands packed at run time (vpdpbusd / vpdpwssd);
-- gemm: the register-blocked tiling both use; vnni: the intrinsics, CPU feature checks;
+- float_dense: the float32 variant's packed GEMM and matmuls (the FP32 TVM baseline);
+- gemm: the register-blocked tiling; vnni: the intrinsics;
 - generic: everything else (elementwise, row-wise kernels): inline, parallelize, vectorize;
 - division: int64 floordiv through float64 where exact (vectorizable);
 - splice: swap a block of a fused PrimFunc for a TE definition's loop nests.

@@ -16,28 +16,18 @@ Symbolic extents (the batch) only ever sit in the fused parallel loop.
 
 from __future__ import annotations
 
-import tvm_ffi
+from collections.abc import Set
+
 from tvm import DataType, tirx
-from tvm.ir.expr import TensorLoad
 from tvm.ir.prim import expr_deep_equal
 from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import SBlockRV, ScheduleError
-from tvm.s_tir.stmt import SBlock
 from tvm.tirx.buffer import BufferType
+
+from ivit_tvm.ops.tir_query import count_loads, load_indices
 
 SPATIAL = 0  # IterVar.DataPar
 MIN_PARALLEL_ELEMENTS = 2048  # below this many static elements per batch, a thread pool costs more
-
-
-class _Claimed:
-    """Block names a dedicated schedule owns: those starting with one of the prefixes (the
-    schedules add suffixes such as "_init" and "_o")."""
-
-    def __init__(self, prefixes: tuple[str, ...]):
-        self.prefixes = prefixes
-
-    def __contains__(self, name: str) -> bool:
-        return bool(self.prefixes) and name.startswith(self.prefixes)
 
 
 def _block(sch: Schedule, rv: SBlockRV):
@@ -51,34 +41,6 @@ def _is_spatial(sch: Schedule, rv: SBlockRV) -> bool:
 def _written(sch: Schedule, rv: SBlockRV):
     """The buffer (a Var of BufferType) the block writes."""
     return _block(sch, rv).writes[0].source
-
-
-def block_names(func: tirx.PrimFunc) -> set[str]:
-    """The names of all blocks in a PrimFunc."""
-    names: set[str] = set()
-    tvm_ffi.structural_walk(func.body, (SBlock, lambda block: names.add(block.name_hint)))
-    return names
-
-
-def load_indices(stmt, buffer) -> list:
-    """The index tuples of every load of `buffer` in a statement."""
-    indices = []
-
-    def visit(load: TensorLoad) -> None:
-        if load.source.same_as(buffer):
-            indices.append(load.indices)
-
-    tvm_ffi.structural_walk(stmt, (TensorLoad, visit))
-    return indices
-
-
-def _loads(stmt, buffer) -> int:
-    """How many loads of `buffer` a statement holds."""
-    loads = []
-    tvm_ffi.structural_walk(
-        stmt, (TensorLoad, lambda load: loads.append(load.source.same_as(buffer)))
-    )
-    return sum(loads)
 
 
 def _same_shape(a, b) -> bool:
@@ -99,7 +61,7 @@ def _root_blocks(sch: Schedule) -> list[SBlockRV]:
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
 
-def _inline_elementwise(sch: Schedule, skip: _Claimed, outputs, element_rank: int) -> None:
+def _inline_elementwise(sch: Schedule, skip: Set[str], outputs, element_rank: int) -> None:
     """Step 1: compute_inline spatial stages into consumers of the same shape."""
     changed = True
     while changed:
@@ -117,7 +79,7 @@ def _inline_elementwise(sch: Schedule, skip: _Claimed, outputs, element_rank: in
             max_reads = 2 if len(buffer.ty.shape) == element_rank else 1
             if not all(
                 _same_shape(_written(sch, c).ty.shape, buffer.ty.shape)
-                and _loads(_block(sch, c).body, buffer) <= max_reads
+                and count_loads(_block(sch, c).body, buffer) <= max_reads
                 for c in consumers
             ):
                 continue
@@ -180,10 +142,10 @@ def _lanes(sch: Schedule, rv: SBlockRV, vector_bytes: int) -> int:
     return max(4, vector_bytes * 8 // max(widest, 8))
 
 
-def schedule_generic(sch: Schedule, vector_bytes: int, skip_prefixes: tuple[str, ...] = ()) -> None:
-    """Steps 1-3 of the module docstring on every root block not named with a skip prefix."""
+def schedule_generic(sch: Schedule, vector_bytes: int, skip: Set[str] = frozenset()) -> None:
+    """Steps 1-3 of the module docstring on every root block not named in `skip` (the blocks
+    a dedicated schedule rule owns)."""
     func = sch.mod["main"]
-    skip = _Claimed(skip_prefixes)
     outputs = [p for p in func.params if isinstance(p.ty, BufferType)]  # in- and outputs
     element_rank = max(len(b.ty.shape) for b in outputs)
     _inline_elementwise(sch, skip, outputs, element_rank)

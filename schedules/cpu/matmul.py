@@ -22,12 +22,15 @@ from tvm import te, tirx
 from tvm.ir.prim import expr_deep_equal
 from tvm.s_tir import Schedule
 
+from ivit_tvm.ops import names
+from ivit_tvm.ops.tir_query import find_block
+
 from .dense import MAX_REDUCE
 from .gemm import choose_tile, tile_gemm
-from .splice import find_block, rebuild, splice
+from .splice import rebuild, splice
 from .vnni import K_GROUP, K_GROUP_I16, LANES, VNNI_I16_INTRIN, register
 
-MATMUL_BLOCK = "batch_matmul_acc"  # ops.integer_batch_matmul's reduction
+MATMUL_BLOCK = names.BATCH_MATMUL_ACC_BLOCK  # ops.integer_batch_matmul's reduction
 QK_BLOCKS = ("qk_shift", "qk_pack", "qk_acc")  # qk_sum (read by the epilogue) is generic
 PV_BLOCKS = ("pv_pad", "pv_pack", "pv_acc")
 SHIFT = 128

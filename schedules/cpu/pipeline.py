@@ -1,67 +1,57 @@
-"""The Relax pipeline for llvm targets: TVM's CPU pipeline plus GEMM packing and schedules.
+"""The Relax pipelines for llvm targets: TVM's CPU pipeline plus GEMM packing and schedules.
 
-    ex = tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target))
+    ex = tvm.compile(mod, info.target, relax_pipeline=cpu_pipeline(info))
 
 Stages: TVM's legalization and fusion (LegalizeOps ... FuseOps, FuseTIR), PackDenseGEMMs (dense
-weights -> packed constants, schedules.cpu.dense), ScheduleCPU (every PrimFunc: the attention
-matmuls rewritten for VNNI, the GEMMs tiled, everything else by schedules.cpu.generic), then
-TVM's lowering. It takes the frontend's module as well as one that went through
-relay_passes.integer_pipeline first (GEMMs fused with requantize, weights packed). The int8
-GEMMs use vpdpbusd/vpdpwssd when the target's mcpu/mattr has AVX512-VNNI, vectorized loops
-otherwise; both are bit-exact. The batch axis stays symbolic throughout.
+weights -> packed constants, packing.py), ScheduleCPU (every PrimFunc through the ordered rule
+list of rules.py: the attention matmuls rewritten for VNNI, the GEMMs tiled, everything else
+generic), then TVM's lowering. It takes the frontend's module as well as one that went through
+relay_passes.integer_pipeline first (GEMMs fused with requantize). The int8 GEMMs use
+vpdpbusd/vpdpwssd when the target's capabilities include AVX512-VNNI, vectorized loops
+otherwise; both are bit-exact. The batch axis stays symbolic throughout. `float_cpu_pipeline`
+is the float32 variant (float_dense.py) the FP32 TVM baseline compiles with.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import tvm
-from tvm import tirx
+from tvm import relax, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import ScheduleError
 
-from .dense import ACC_BLOCK, SHIFT_BLOCK, pack_dense_gemms, schedule_packed_dense
-from .division import rewrite_divisions
-from .generic import block_names, schedule_generic
-from .matmul import (
-    MATMUL_BLOCK,
-    PV_BLOCKS,
-    QK_BLOCKS,
-    matmul_kind,
-    rewrite_matmul,
-    schedule_batch_matmul,
-    schedule_packed_attention,
-)
-from .vnni import has_vnni, vector_bytes
+from ivit_tvm.ops.tir_query import block_names
+
+from ..targets import Capabilities, TargetInfo
+from .float_dense import pack_float_matmuls
+from .packing import pack_dense_gemms
+from .rules import CPU_RULES, CPURule
 
 SCHEDULED = "ivit.cpu_scheduled"  # PrimFunc attribute: ScheduleCPU has been here
 
 
-def schedule_primfunc(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc:
-    """One fused kernel, scheduled: the GEMM blocks by their own rules, the rest generically."""
-    vnni = has_vnni(target)
-    kind = matmul_kind(func) if vnni else None  # without VNNI, the plain loop is faster
-    if kind is not None:
-        func = rewrite_matmul(func, kind)
-    func = rewrite_divisions(func)
+def schedule_primfunc(
+    func: tirx.PrimFunc, caps: Capabilities, rules: Sequence[CPURule] = CPU_RULES
+) -> tirx.PrimFunc:
+    """One fused kernel through the rules: every rewrite, then each matching rule's schedule;
+    the blocks a rule scheduled or created are claimed, so later rules leave them alone."""
+    for rule in rules:
+        func = rule.rewrite(func, caps)
     sch = Schedule(func)
-    names = block_names(func)
     claimed: set[str] = set()
-    if ACC_BLOCK in names and SHIFT_BLOCK in names:
-        schedule_packed_dense(sch, vnni, vector_bytes(target))
-        claimed |= {ACC_BLOCK, SHIFT_BLOCK}
-    if kind is not None:
-        schedule_packed_attention(sch, kind)
-        claimed |= set(QK_BLOCKS if kind == "qk" else PV_BLOCKS)
-    elif MATMUL_BLOCK in names:
-        schedule_batch_matmul(sch, vector_bytes(target))
-        claimed.add(MATMUL_BLOCK)
-    schedule_generic(sch, vector_bytes(target), skip_prefixes=tuple(claimed))
+    for rule in rules:
+        if not rule.match(sch):
+            continue
+        before = set(block_names(sch.mod["main"]))
+        owned = rule.apply(sch, caps, frozenset(claimed))
+        claimed |= owned | (set(block_names(sch.mod["main"])) - before)
     return sch.mod["main"].with_attr(SCHEDULED, True)
 
 
-def schedule_cpu(target: tvm.target.Target) -> tvm.transform.Pass:
+def schedule_cpu(caps: Capabilities) -> tvm.transform.Pass:
     """A module pass scheduling every not yet scheduled PrimFunc (after FuseTIR).
 
     A kernel whose schedule fails keeps its serial loop nest (correct, slow) with a warning.
@@ -74,7 +64,7 @@ def schedule_cpu(target: tvm.target.Target) -> tvm.transform.Pass:
             if not isinstance(func, tirx.PrimFunc) or SCHEDULED in (func.attrs or {}):
                 continue
             try:
-                updates[gv] = schedule_primfunc(func, target)
+                updates[gv] = schedule_primfunc(func, caps)
             except ScheduleError as err:
                 warnings.warn(
                     f"schedules.cpu: {gv.name_hint} stays unscheduled (serial loops): {err}",
@@ -108,10 +98,22 @@ def llvm_pipeline(target: tvm.target.Target, name: str, after_fusion: list,
     return _pipeline
 
 
-def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def cpu_pipeline(info: TargetInfo) -> tvm.transform.Pass:
     """TVM's llvm pipeline with PackDenseGEMMs and ScheduleCPU between fusion and lowering."""
-    return llvm_pipeline(target, "IViTCPUPipeline",
-                         after_fusion=[pack_dense_gemms(target), schedule_cpu(target)])
+    return llvm_pipeline(info.target, "IViTCPUPipeline",
+                         after_fusion=[pack_dense_gemms(info.caps), schedule_cpu(info.caps)])
 
 
-__all__ = ["cpu_pipeline", "llvm_pipeline", "schedule_cpu", "schedule_primfunc"]
+def float_cpu_pipeline(info: TargetInfo) -> tvm.transform.Pass:
+    """The float32 variant: float GEMMs packed before legalization, fast exp/erf, the same
+    rule list after fusion (its float rules match there)."""
+    return llvm_pipeline(
+        info.target, "FP32CPUPipeline",
+        before_legalize=[relax.transform.FoldConstant(), pack_float_matmuls,
+                         relax.transform.FastMathTransform()],
+        after_fusion=[schedule_cpu(info.caps)],
+    )
+
+
+__all__ = ["cpu_pipeline", "float_cpu_pipeline", "llvm_pipeline", "schedule_cpu",
+           "schedule_primfunc"]

@@ -15,28 +15,7 @@ from tvm import te, tirx
 from tvm.ir.expr import Var
 from tvm.s_tir.stmt import SBlock, SBlockRealize
 
-
-def find_block(func: tirx.PrimFunc, name: str) -> SBlock | None:
-    """The block `name` if `splice` can replace it: it occurs once, in a root-level loop nest
-    of its own (as TE and FuseTIR build them), else None."""
-    nests = [_names(stmt) for stmt in _seq(func.body.block.body)]
-    if [names for names in nests if name in names] != [[name]]:
-        return None
-    found = []
-    tvm_ffi.structural_walk(
-        func.body, (SBlock, lambda block: found.append(block) if block.name_hint == name else None)
-    )
-    return found[0]
-
-
-def _names(stmt) -> list[str]:
-    names = []
-    tvm_ffi.structural_walk(stmt, (SBlock, lambda block: names.append(block.name_hint)))
-    return names
-
-
-def _holds_block(stmt, name: str) -> bool:
-    return name in _names(stmt)
+from ivit_tvm.ops.tir_query import block_names, seq_stmts
 
 
 def splice(
@@ -52,7 +31,7 @@ def splice(
     func (a Var, reused as is) or a new parameter given as (shape, dtype, name). The result is
     written to `output`, a buffer of func. Returns the new body and the Vars of the new
     parameters, for the caller to place among the function's parameters (`rebuild`). Check
-    the block with `find_block` first.
+    the block with `tir_query.find_block` first.
     """
     placeholders = []
     for item in inputs:
@@ -69,9 +48,9 @@ def splice(
     made_root = tvm_ffi.structural_mutate(made.body.block, (Var, lambda v, _m: remap.get(v, v)))
 
     root = func.body.block
-    stmts = _seq(root.body)
-    (index,) = [i for i, stmt in enumerate(stmts) if _holds_block(stmt, block_name)]
-    stmts[index : index + 1] = _seq(made_root.body)
+    stmts = seq_stmts(root.body)
+    (index,) = [i for i, stmt in enumerate(stmts) if block_name in block_names(stmt)]
+    stmts[index : index + 1] = seq_stmts(made_root.body)
     new_root = SBlock(
         root.iter_vars, root.reads, root.writes, root.name_hint, tirx.SeqStmt(stmts), root.init,
         [*root.alloc_buffers, *made_root.alloc_buffers], root.match_buffers, root.annotations,
@@ -83,6 +62,3 @@ def rebuild(func: tirx.PrimFunc, params: Sequence[Var], body: SBlockRealize) -> 
     """func with new parameters and body, its attributes kept."""
     return tirx.PrimFunc(list(params), body, func.ret_type, func.attrs)
 
-
-def _seq(stmt) -> list:
-    return list(stmt.seq) if isinstance(stmt, tirx.SeqStmt) else [stmt]

@@ -1,4 +1,4 @@
-"""AVX512-VNNI dot-product intrinsics (vpdpbusd, vpdpwssd) and CPU feature checks for llvm.
+"""AVX512-VNNI dot-product intrinsics (vpdpbusd, vpdpwssd) for llvm.
 
 TVM's own `dot_16x4_vnni` breaks with LLVM 22 (vpdpbusd.512 now takes <64 x i8> operands), so
 this module registers fixed ones under its own names:
@@ -14,17 +14,14 @@ LLVM would then no longer keep the accumulator tile in registers.
 
 from __future__ import annotations
 
-import tvm
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
-from tvm.target import codegen
 
 VNNI_INTRIN = "ivit_dot_16x4_u8s8s32_vnni"
 VNNI_I16_INTRIN = "ivit_dot_16x2_s16s16s32_vnni"
 LANES = 16  # int32 accumulators per 512-bit register
 K_GROUP = 4  # bytes that vpdpbusd sums into one int32 lane
 K_GROUP_I16 = 2  # int16 values that vpdpwssd sums into one int32 lane
-VNNI_FEATURE = "avx512vnni"
 
 
 @T.prim_func(s_tir=True)
@@ -109,17 +106,3 @@ def register(name: str = VNNI_INTRIN) -> str:
         TensorIntrin.register(name, *_INTRINSICS[name])
     return name
 
-
-def has_vnni(target: tvm.target.Target) -> bool:
-    """Whether the llvm target's mcpu/mattr include AVX512-VNNI (vpdpbusd on 512-bit vectors)."""
-    if target.kind.name != "llvm":
-        return False
-    return bool(codegen.target_has_features(VNNI_FEATURE, target))
-
-
-def vector_bytes(target: tvm.target.Target) -> int:
-    """The target's widest integer vector in bytes (64 with AVX-512, 32 with AVX2, else 16)."""
-    for feature, width in (("avx512bw", 64), ("avx2", 32)):
-        if codegen.target_has_features(feature, target):
-            return width
-    return 16

@@ -1,30 +1,26 @@
 """CUDA schedules and builds for ivit-tvm modules.
 
-    target = make_target("cuda", "sm_90")                    # schedules.targets
-    executable = build_cuda(mod, target)                     # kernels: dp4a GEMMs, row kernels
-    ptx = compile_kernels(cuda_source(executable), "sm_90")  # nvcc proves they compile
-    info = export_cuda_library(mod, target, "deit.so")       # loadable .so, GPU or not
+- pipeline: the Relax pipeline and its ordered dlight rules (gemm: dp4a GEMMs; rowwise);
+- build: tvm.compile in this process (nvcc kernels with a driver, CUDA source without);
+- export: loadable libraries with or without a GPU (driver stub subprocess, export_worker);
+- toolkit: the CUDA toolkit and nvcc; inspect: source, PTX and cubin reports.
+
+    info = make_target("cuda", arch="sm_90")                         # schedules.backend
+    source = cuda_source(build_cuda(mod, info))                      # no GPU needed
+    report = report_ptx(compile_kernels(source, "sm_90"), "sm_90")   # nvcc proves they compile
+    artifact = export_cuda_library(mod, info.target, "deit.so")      # loadable .so, GPU or not
 """
 
-from .build import (
-    ArtifactInfo,
-    KernelReport,
-    build_cuda,
-    compile_kernels,
-    cuda_source,
-    export_cuda,
-    export_cuda_library,
-    find_cuda_home,
-    report_cubin,
-    report_ptx,
-)
+from .build import build_cuda
+from .export import ArtifactInfo, export_cuda_library
 from .gemm import GemmStrategy, GemmTile, IntegerGemm
+from .inspect import KernelReport, cuda_source, report_cubin, report_ptx
 from .pipeline import cuda_pipeline, schedule_module, schedule_rules
 from .rowwise import RowReduction
+from .toolkit import compile_kernels, find_cuda_home
 
 __all__ = [
     "ArtifactInfo", "GemmStrategy", "GemmTile", "IntegerGemm", "KernelReport", "RowReduction",
-    "build_cuda", "compile_kernels", "cuda_pipeline", "cuda_source", "export_cuda",
-    "export_cuda_library", "find_cuda_home", "report_cubin", "report_ptx", "schedule_module",
-    "schedule_rules",
+    "build_cuda", "compile_kernels", "cuda_pipeline", "cuda_source", "export_cuda_library",
+    "find_cuda_home", "report_cubin", "report_ptx", "schedule_module", "schedule_rules",
 ]

@@ -10,7 +10,7 @@ inner product over 4 consecutive k is one `__dp4a` (a 4-way int8 dot product int
 dlight's own Matmul rule is not used for these: its int8 tensor-core path fails on the fused
 epilogues (compute-at into a non-stage-pipeline scope), and it would not emit dp4a otherwise.
 `GemmStrategy` names the inner-product implementation; tensor cores (mma.sync m16n8k32 s8,
-recipe in docs/tvm-0.27-notes.md) would be a second strategy behind the same matcher.
+recipe in docs/tvm-notes.md) would be a second strategy behind the same matcher.
 """
 
 from __future__ import annotations

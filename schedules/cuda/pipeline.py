@@ -13,10 +13,11 @@ Where a CUDA driver is loaded, build through build.build_cuda: TVM's default ker
 from __future__ import annotations
 
 import tvm
-import tvm_ffi
 from tvm import relax, tirx
 from tvm.relax.backend.cuda import pipeline as cuda_backend
 from tvm.s_tir import dlight
+
+from ivit_tvm.ops.tir_query import has_thread_binding
 
 from .gemm import GemmStrategy, GemmTile, IntegerGemm
 from .rowwise import RowReduction
@@ -35,24 +36,6 @@ def schedule_rules(
         dlight.gpu.GeneralReduction(),
         dlight.gpu.Fallback(),
     ]
-
-
-def has_thread_binding(func: tirx.PrimFunc) -> bool:
-    """True when a loop of `func` is bound to a GPU thread or block index."""
-    found = False
-
-    def visit_for(node: tirx.For) -> None:
-        nonlocal found
-        found = found or node.kind == tirx.ForKind.THREAD_BINDING
-
-    def visit_attr(node: tirx.AttrStmt) -> None:
-        nonlocal found
-        found = found or node.attr_key == "thread_extent"
-
-    tvm_ffi.structural_walk(
-        func.body, [(tirx.For, visit_for), (tirx.AttrStmt, visit_attr)], order="post"
-    )
-    return found
 
 
 def unscheduled_functions(mod: tvm.IRModule) -> list[str]:

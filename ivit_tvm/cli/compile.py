@@ -1,0 +1,57 @@
+"""ivit-compile: an I-ViT checkpoint -> a deployable artifact folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import CONTEXT, reports_errors
+
+
+def parse_batch(value: str) -> int | None:
+    """'dynamic' -> None (symbolic batch), else a positive int."""
+    if value == "dynamic":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise click.BadParameter(f"'{value}': give a positive integer or 'dynamic'")
+    return int(value)
+
+
+@click.command("ivit-compile", context_settings=CONTEXT)
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", "target_kind", type=click.Choice(["llvm", "cuda"]), required=True,
+              help="llvm: a native library for this machine's CPU (x86 VNNI when present). "
+                   "cuda: NVIDIA GPU kernels (int8 DP4A GEMMs, no tensor cores yet) for --arch.")
+@click.option("--arch", default=None, metavar="sm_XX",
+              help="CUDA architecture, e.g. sm_80 (A100), sm_86, sm_89, sm_90 (H100/H200). "
+                   "Default: the local GPU's; required on a machine without one. Ignored for "
+                   "llvm.")
+@click.option("--mcpu", default=None, metavar="CPU",
+              help="LLVM CPU name for --target llvm, e.g. cascadelake, znver4. Default: the "
+                   "host CPU.")
+@click.option("--batch", default="dynamic", show_default=True, metavar="N|dynamic",
+              help="Batch size the artifact accepts: a fixed N, or 'dynamic' for any batch "
+                   "from one artifact.")
+@click.option("--model", "name", default=None, metavar="NAME",
+              help="Model name (e.g. deit_small) when the checkpoint has no ivit-tvm metadata "
+                   "and its configuration cannot be inferred from keys and shapes alone "
+                   "(the number of heads).")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="Artifact folder to write (model.so + ivit_artifact.json). Written "
+                   "atomically: a failed compile leaves nothing behind.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@reports_errors
+def compile_cmd(checkpoint, target_kind, arch, mcpu, batch, name, out, force, quiet):
+    """Compile an I-ViT CHECKPOINT (from ivit-quantize or I-ViT's own training code) into
+    integer-only kernels. The artifact runs with `ivit-run` or `ivit_tvm.load(OUT)` and the
+    TVM runtime alone; its logits equal the PyTorch integer reference bit for bit."""
+    from ..compile import compile_checkpoint
+
+    report = compile_checkpoint(checkpoint, target_kind, out, arch=arch, mcpu=mcpu,
+                                batch=parse_batch(batch), force=force, name=name,
+                                progress=not quiet)
+    size_mb = report.library_bytes / 2**20
+    click.echo(f"wrote {report.out} ({size_mb:.1f} MiB, {report.total_seconds:.1f} s): "
+               f"{report.contents}")

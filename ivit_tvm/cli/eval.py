@@ -1,0 +1,107 @@
+"""ivit-eval: top-1/top-5 of a checkpoint on an ImageFolder, three ways (float model, PyTorch
+integer reference, compiled artifact), and whether the artifact's logits equal the
+reference's bit for bit."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import click
+
+from .common import CONTEXT, reports_errors
+
+FP, REFERENCE, ARTIFACT = "FP (timm float)", "integer reference", "ivit-tvm artifact"
+
+
+@click.command("ivit-eval", context_settings=CONTEXT)
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="ImageFolder root: one subfolder per class, sorted names = label index "
+                   "(e.g. ImageNet's val/ with its 1000 synset folders). Images are "
+                   "preprocessed as timm evaluates (resize to img_size/0.875, center crop, "
+                   "ImageNet mean/std).")
+@click.option("--artifact", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A compiled artifact of CHECKPOINT (from ivit-compile). Default: compile "
+                   "one for --target into a temporary folder.")
+@click.option("--target", "target_kind", type=click.Choice(["llvm", "cuda"]), default="llvm",
+              show_default=True, help="Target to compile for when no --artifact is given.")
+@click.option("--no-artifact", is_flag=True,
+              help="Skip the compiled artifact: evaluate the float model and the integer "
+                   "reference only.")
+@click.option("--fp-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Float timm weights for the FP row (e.g. the ones PTQ/QAT started from). "
+                   "Default: the float parameters stored in CHECKPOINT.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Evaluate a seeded random subset of this many images.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --limit's subset.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader worker processes decoding images.")
+@click.option("--model", "name", default=None, metavar="NAME",
+              help="Model name when the checkpoint has no ivit-tvm metadata (see ivit-compile).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also write the results to this JSON file.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@reports_errors
+def eval_cmd(checkpoint, data_dir, artifact, target_kind, no_artifact, fp_weights, batch_size,
+             limit, seed, workers, name, json_out, quiet):
+    """Evaluate CHECKPOINT (an I-ViT checkpoint) on the images under --data.
+
+    Prints top-1/top-5 of the float model, the PyTorch integer reference and the compiled
+    artifact, and the artifact's agreement with the reference; exits with status 1 if any
+    image's int32 logits differ between the two.
+    """
+    from ..checkpoint import load_checkpoint
+    from ..evaluate import fp_predictor, image_folder, load_fp_model, reference_predictor
+
+    model, info = load_checkpoint(checkpoint, name=name)
+    config = info.config
+    dataset = image_folder(data_dir, config.img_size, config.num_classes, limit, seed)
+    predictors = {FP: fp_predictor(load_fp_model(model, fp_weights)),
+                  REFERENCE: reference_predictor(model)}
+    with tempfile.TemporaryDirectory(prefix="ivit-eval-") as tmp:
+        if not no_artifact:
+            path = artifact or _compile(model, target_kind, Path(tmp) / "model.ivit",
+                                        checkpoint, quiet)
+            predictors[ARTIFACT] = _artifact_predictor(path, config)
+        result = _run(dataset, predictors, batch_size, workers, quiet, not no_artifact)
+    click.echo(f"{checkpoint} on {data_dir}: {result.images} images")
+    click.echo(result.table())
+    if json_out is not None:
+        json_out.write_text(json.dumps({"checkpoint": str(checkpoint), "data": str(data_dir),
+                                        **result.as_dict()}, indent=1) + "\n")
+    if result.compared and result.bit_exact != result.compared:
+        raise ValueError(f"the artifact's logits differ from the integer reference on "
+                         f"{result.compared - result.bit_exact} of {result.compared} images; "
+                         "please report this with the checkpoint and artifact")
+
+
+def _compile(model, target_kind: str, out: Path, checkpoint: Path, quiet: bool) -> Path:
+    from ..compile import compile_model, make_target
+
+    compile_model(model, make_target(target_kind), out, source=str(checkpoint.resolve()),
+                  progress=not quiet)
+    return out
+
+
+def _artifact_predictor(path: Path, config):
+    from ..artifact import ArtifactError, read_manifest
+    from ..evaluate import artifact_predictor
+    from ..runtime import load
+
+    compiled_config = read_manifest(path).get("config")
+    if compiled_config != config.to_dict():
+        raise ArtifactError(f"{path}: compiled from another model ({compiled_config}) than the "
+                            f"checkpoint ({config.to_dict()}); pass the artifact compiled from "
+                            "this checkpoint, or none")
+    return artifact_predictor(load(path))
+
+
+def _run(dataset, predictors, batch_size: int, workers: int, quiet: bool, compare: bool):
+    from ..evaluate import evaluate, loader
+
+    batches = loader(dataset, batch_size, workers)
+    return evaluate(batches, predictors, compare=(REFERENCE, ARTIFACT) if compare else None,
+                    total=len(batches), progress=not quiet)

@@ -1,0 +1,139 @@
+"""CPU schedule rules, one ordered list, the idiom of schedules.cuda's dlight rules.
+
+Each rule may first rewrite a fused PrimFunc (swap a GEMM block for a packed formulation), then
+recognizes blocks by their structure (dtypes, ranks) and the names the project's TE
+definitions give them, schedules them, and claims them; `Generic`, last, schedules every block
+no rule claimed. `pipeline.schedule_primfunc` runs the list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+
+from tvm import tirx
+from tvm.s_tir import Schedule
+from tvm.s_tir.stmt import SBlock
+
+from ivit_tvm.ops.tir_query import blocks
+
+from ..targets import Capabilities
+from . import dense, float_dense, matmul
+from .division import rewrite_divisions
+from .generic import schedule_generic
+
+
+def _block(sch: Schedule, name: str) -> SBlock | None:
+    """The block `name` of the scheduled function, or None."""
+    return next((b for b in blocks(sch.mod["main"]) if b.name_hint == name), None)
+
+
+def _operands(block: SBlock | None) -> list[tuple[int, str]]:
+    """(rank, dtype) of each buffer a block reads; [] for no block."""
+    if block is None:
+        return []
+    return [(len(r.source.ty.shape), str(r.source.ty.dtype)) for r in block.reads]
+
+
+class CPURule:
+    """One rule: `rewrite` a PrimFunc before scheduling; when it `match`es, `apply` schedules
+    its blocks and returns their names (claimed: the generic rule leaves them alone)."""
+
+    def rewrite(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
+        return func
+
+    def match(self, sch: Schedule) -> bool:
+        raise NotImplementedError
+
+    def apply(self, sch: Schedule, caps: Capabilities, claimed: Set[str]) -> set[str]:
+        raise NotImplementedError
+
+
+class PackedDense(CPURule):
+    """dense.packed_dense's GEMM: uint8 activations (Mp, Kp) x int8 weights packed 4-D."""
+
+    def match(self, sch: Schedule) -> bool:
+        shift = _block(sch, dense.SHIFT_BLOCK)
+        return shift is not None and _operands(_block(sch, dense.ACC_BLOCK)) == [
+            (2, "uint8"), (4, "int8")
+        ]
+
+    def apply(self, sch: Schedule, caps: Capabilities, claimed: Set[str]) -> set[str]:
+        dense.schedule_packed_dense(sch, caps.vnni, caps.vector_bytes)
+        return {dense.ACC_BLOCK, dense.SHIFT_BLOCK}
+
+
+class PackedAttention(CPURule):
+    """Attention's batch matmuls on VNNI: q @ k^T and p @ v rewritten with operands packed per
+    head (matmul.py). Without VNNI the plain batch matmul loop is faster: no rewrite."""
+
+    def rewrite(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
+        kind = matmul.matmul_kind(func) if caps.vnni else None
+        return func if kind is None else matmul.rewrite_matmul(func, kind)
+
+    def _kind(self, sch: Schedule) -> str | None:
+        for kind, names in (("qk", matmul.QK_BLOCKS), ("pv", matmul.PV_BLOCKS)):
+            if _block(sch, names[-1]) is not None:
+                return kind
+        return None
+
+    def match(self, sch: Schedule) -> bool:
+        return self._kind(sch) is not None
+
+    def apply(self, sch: Schedule, caps: Capabilities, claimed: Set[str]) -> set[str]:
+        kind = self._kind(sch)
+        matmul.schedule_packed_attention(sch, kind)
+        return set(matmul.QK_BLOCKS if kind == "qk" else matmul.PV_BLOCKS)
+
+
+class BatchMatmul(CPURule):
+    """ops.integer_batch_matmul's reduction, when PackedAttention left it as it is."""
+
+    def match(self, sch: Schedule) -> bool:
+        return len(_operands(_block(sch, matmul.MATMUL_BLOCK))) == 2
+
+    def apply(self, sch: Schedule, caps: Capabilities, claimed: Set[str]) -> set[str]:
+        matmul.schedule_batch_matmul(sch, caps.vector_bytes)
+        return {matmul.MATMUL_BLOCK}
+
+
+class FloatDense(CPURule):
+    """The float variant's packed GEMM: float32 rows (Mp, Kp) x float32 weights packed 4-D."""
+
+    def match(self, sch: Schedule) -> bool:
+        acc = _block(sch, float_dense.ACC_BLOCK)
+        return _operands(acc) == [(2, "float32"), (4, "float32")]
+
+    def apply(self, sch: Schedule, caps: Capabilities, claimed: Set[str]) -> set[str]:
+        float_dense.schedule_float_dense(sch)
+        return {float_dense.ACC_BLOCK, float_dense.PAD_BLOCK}
+
+
+class FloatBatchMatmul(CPURule):
+    """The float variant's attention matmuls (float_dense.float_batch_matmul)."""
+
+    def match(self, sch: Schedule) -> bool:
+        return len(_operands(_block(sch, float_dense.MATMUL_BLOCK))) == 2
+
+    def apply(self, sch: Schedule, caps: Capabilities, claimed: Set[str]) -> set[str]:
+        float_dense.schedule_float_batch_matmul(sch)
+        return {float_dense.MATMUL_BLOCK}
+
+
+class Generic(CPURule):
+    """Everything else (generic.py); its rewrite makes int64 divisions vectorizable."""
+
+    def rewrite(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
+        return rewrite_divisions(func)
+
+    def match(self, sch: Schedule) -> bool:
+        return True
+
+    def apply(self, sch: Schedule, caps: Capabilities, claimed: Set[str]) -> set[str]:
+        schedule_generic(sch, caps.vector_bytes, claimed)
+        return set()
+
+
+# First match first: the GEMM rules claim their blocks before the generic rule runs.
+CPU_RULES: tuple[CPURule, ...] = (
+    PackedDense(), PackedAttention(), BatchMatmul(), FloatDense(), FloatBatchMatmul(), Generic(),
+)

@@ -1,0 +1,122 @@
+"""ivit-eval: top-1/top-5 of the float model, the integer reference and the compiled artifact
+on an ImageFolder, with the artifact checked bit for bit; timm's float model rebuilt from a
+quantized model's float parameters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from support import DEIT, SWIN, images, quantized
+
+from ivit_tvm import data
+from ivit_tvm.cli.eval import ARTIFACT, FP, REFERENCE, eval_cmd
+from ivit_tvm.evaluate import TopK, build_fp_model, fp_model_from_quantized
+from ivit_tvm.ptq import quantize_fp, random_batches
+
+PER_CLASS = 2
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A tiny ImageFolder: 10 classes of 8x8 digit PNGs from the test split."""
+    root = tmp_path_factory.mktemp("digits")
+    digits, labels = data.load_split("test")
+    for digit in range(10):
+        (root / str(digit)).mkdir()
+        for i, index in enumerate((labels == digit).nonzero()[0][:PER_CLASS]):
+            data.to_pil(digits[index]).save(root / str(digit) / f"{i}.png")
+    return root
+
+
+def evaluate(*args) -> tuple[object, dict | None]:
+    """Run ivit-eval on the bundled QAT checkpoint; (click result, its --json output)."""
+    torch.set_num_threads(1)
+    out = Path(args[args.index("--json") + 1]) if "--json" in args else None
+    result = CliRunner().invoke(eval_cmd, [str(data.DIGITS_QAT), *map(str, args), "--quiet"])
+    return result, (json.loads(out.read_text()) if out and out.exists() else None)
+
+
+@pytest.fixture(scope="module")
+def compiled_run(folder, tmp_path_factory):
+    """ivit-eval with an artifact compiled on the fly (llvm)."""
+    return evaluate("--data", folder, "--json", tmp_path_factory.mktemp("eval") / "out.json")
+
+
+def test_reports_three_models_and_bit_exact_artifact(compiled_run):
+    result, report = compiled_run
+    assert result.exit_code == 0, result.output
+    assert report["images"] == 10 * PER_CLASS
+    assert set(report["accuracy"]) == {FP, REFERENCE, ARTIFACT}
+    assert report["accuracy"][ARTIFACT] == report["accuracy"][REFERENCE]
+    assert report["agreement"] == 100.0
+    assert report["bit_exact_images"] == report["compared"] == 10 * PER_CLASS
+
+
+def test_table_names_every_model_with_top1_top5(compiled_run):
+    result, _ = compiled_run
+    for name in (FP, REFERENCE, ARTIFACT):
+        line = next(row for row in result.stdout.splitlines() if row.startswith(name))
+        assert line.count("%") == 2
+    assert "100.00% same predictions" in result.stdout
+
+
+def test_digits_are_recognised(compiled_run):
+    _, report = compiled_run
+    for row in report["accuracy"].values():
+        assert row["top1"] >= 80.0 and row["top5"] >= row["top1"]
+
+
+def test_no_artifact_limit_and_fp_weights(folder, tmp_path):
+    result, report = evaluate("--data", folder, "--no-artifact", "--limit", "7",
+                              "--fp-weights", data.DIGITS_FP, "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert report["images"] == 7
+    assert set(report["accuracy"]) == {FP, REFERENCE}
+    assert "agreement" not in report
+
+
+def test_folder_with_other_class_count_is_refused(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        data.to_pil(data.load_split("test")[0][0]).save(tmp_path / name / "a.png")
+    result, _ = evaluate("--data", tmp_path, "--no-artifact")
+    assert result.exit_code == 1
+    assert "2 class subfolders, but the model has 10 classes" in result.stderr
+
+
+def test_artifact_of_another_model_is_refused(folder, tmp_path):
+    (tmp_path / "other.ivit").mkdir()
+    (tmp_path / "other.ivit" / "model.so").write_bytes(b"")
+    (tmp_path / "other.ivit" / "ivit_artifact.json").write_text(
+        json.dumps({"format_version": 1, "config": DEIT.to_dict()}))
+    result, _ = evaluate("--data", folder, "--artifact", tmp_path / "other.ivit")
+    assert result.exit_code == 1
+    assert "compiled from another model" in result.stderr
+
+
+def test_topk_counts_hits():
+    top = TopK()
+    logits = torch.tensor([[0.0, 3, 2, 1, 0, 0], [5, 0, 1, 2, 3, 4]])
+    top.update(logits, torch.tensor([1, 1]))
+    assert (top.accuracy(1), top.accuracy(5)) == (50.0, 50.0)
+
+
+@pytest.mark.parametrize("config", [DEIT, SWIN], ids=["deit", "swin"])
+def test_fp_model_carries_the_quantized_models_float_weights(config):
+    torch.manual_seed(0)
+    timm_model = build_fp_model(config)
+    model = quantize_fp(config, timm_model.state_dict(), random_batches(config, 1, 2))
+    x = images(config, seed=1)
+    with torch.no_grad():
+        assert torch.equal(fp_model_from_quantized(model)(x), timm_model(x))
+
+
+def test_fp_model_of_quantized_model_keeps_it_unchanged():
+    model = quantized(DEIT)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fp_model_from_quantized(model).head.weight.data.zero_()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
