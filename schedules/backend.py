@@ -37,7 +37,7 @@ class Backend:
     target_rules: Callable[[str | None], tvm.target.Target]  # machine name -> TVM target
     capabilities: Callable[[tvm.target.Target], Capabilities]
     pipeline: Callable[[TargetInfo], tvm.transform.Pass]  # the relax_pipeline of tvm.compile
-    schedule_rules: Callable[[TargetInfo], list]  # ordered, first match first
+    schedule_rules: Callable[[TargetInfo], list]  # ordered (docs/architecture.md: how each runs)
     build: Callable[[tvm.IRModule, TargetInfo], Any]
     export: Callable[[Any, TargetInfo, Path], str]  # writes the library; describes it
 

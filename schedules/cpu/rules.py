@@ -133,7 +133,7 @@ class Generic(CPURule):
         return set()
 
 
-# First match first: the GEMM rules claim their blocks before the generic rule runs.
+# In this order: the GEMM rules claim their blocks before the generic rule runs.
 CPU_RULES: tuple[CPURule, ...] = (
     PackedDense(), PackedAttention(), BatchMatmul(), FloatDense(), FloatBatchMatmul(), Generic(),
 )
