@@ -9,8 +9,10 @@ writes the artifact atomically (artifact.AtomicFolder). The target's backend
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from tqdm import tqdm
 from . import __version__
 from .artifact import LIBRARY, AtomicFolder, check_output_path, write_manifest
 from .frontend import FrontendResult, from_model
+from .manifest import file_sha256
 from .schedules.backend import TargetInfo, get_backend, make_target
 
 
@@ -51,11 +54,31 @@ def versions() -> dict:
     return {"ivit_tvm": __version__, "tvm": tvm.__version__, "torch": torch.__version__}
 
 
+@contextlib.contextmanager
+def temporary_files_in(folder: Path):
+    """Send the temporary files of tempfile users (TVM's export_library: lib0.o, devc.c) and
+    child processes (the C compiler, the CUDA export worker) to `folder` meanwhile, so that one
+    cleanup removes them and a killed compile leaves them only there."""
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = os.environ["TMPDIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+
+
 def compile_model(model, target: TargetInfo, out: str | os.PathLike,
                   batch: int | None = None, force: bool = False, source: str = "",
-                  progress: bool = True) -> CompileReport:
+                  progress: bool = True, checkpoint_sha256: str | None = None,
+                  assumed: dict[str, str] | None = None) -> CompileReport:
     """Compile a loaded, frozen I-ViT model into an artifact folder at `out` (target: from
-    make_target)."""
+    make_target); `checkpoint_sha256` (of the file it was loaded from) goes in the manifest,
+    and so do the configuration fields taken from a convention (`assumed`, from
+    CheckpointInfo.assumed: {field: convention})."""
     out = check_output_path(out, force)
     backend = get_backend(target.kind)
     report = CompileReport(out=out, target=json.loads(str(target.target)))
@@ -70,23 +93,29 @@ def compile_model(model, target: TargetInfo, out: str | os.PathLike,
         report.seconds[name] = round(time.perf_counter() - start, 3)
         bar.update(1)
 
+    atomic = AtomicFolder(out, force=force)
     try:
-        t = stage("frontend")
-        result = from_model(model, batch=batch)
-        done("frontend", t)
-        t = stage("graph passes")
-        result = apply_graph_passes(result)
-        done("graph passes", t)
-        t = stage("build")
-        built = backend.build(result.mod, target)
-        done("build", t)
-        with AtomicFolder(out) as folder:
+        with atomic as folder, temporary_files_in(atomic.temp):
+            t = stage("frontend")
+            result = from_model(model, batch=batch)
+            done("frontend", t)
+            t = stage("graph passes")
+            result = apply_graph_passes(result)
+            done("graph passes", t)
+            t = stage("build")
+            built = backend.build(result.mod, target)
+            done("build", t)
             t = stage("export")
             report.contents = backend.export(built, target, folder / LIBRARY)
             report.library_bytes = (folder / LIBRARY).stat().st_size
             write_manifest(folder, {
                 "source": source,
+                "checkpoint_sha256": checkpoint_sha256,
+                "library_bytes": report.library_bytes,
+                "library_sha256": file_sha256(folder / LIBRARY),
                 "config": model.config.to_dict(),
+                "assumed": {key: f"{getattr(model.config, key)} taken from {why}"
+                            for key, why in (assumed or {}).items()},
                 "input_scale": result.input_scale,
                 "input_bits": model.qact_input.activation_bit,
                 "input_shape": list(result.input_shape),
@@ -107,12 +136,14 @@ def compile_model(model, target: TargetInfo, out: str | os.PathLike,
 def compile_checkpoint(checkpoint: str | os.PathLike, target_kind: str, out: str | os.PathLike,
                        arch: str | None = None, mcpu: str | None = None,
                        batch: int | None = None, force: bool = False, name: str | None = None,
-                       progress: bool = True) -> CompileReport:
-    """Load a checkpoint (ivit_tvm.checkpoint) and compile it (see compile_model)."""
+                       progress: bool = True, given: dict | None = None) -> CompileReport:
+    """Load a checkpoint (ivit_tvm.checkpoint; `name` and `given` fields supply what it cannot
+    tell) and compile it (see compile_model)."""
     from .checkpoint import load_checkpoint
 
     target = make_target(target_kind, arch=arch, mcpu=mcpu)
     check_output_path(out, force)
-    model, _info = load_checkpoint(checkpoint, name=name)
+    model, info = load_checkpoint(checkpoint, name=name, **(given or {}))
     return compile_model(model, target, out, batch=batch, force=force,
-                         source=str(Path(checkpoint).resolve()), progress=progress)
+                         source=str(Path(checkpoint).resolve()), progress=progress,
+                         checkpoint_sha256=file_sha256(checkpoint), assumed=info.assumed)

@@ -166,6 +166,19 @@ def evaluate(batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     return result
 
 
+def read_image(path: str):
+    """An image file as RGB (torchvision's loader), naming the file when it cannot be read:
+    PIL's own errors (e.g. "image file is truncated") do not."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path}: cannot read this image ({err}); replace or remove the "
+                         "file") from None
+
+
 def image_folder(root: str | Path, img_size: int, num_classes: int, limit: int | None = None,
                  seed: int = 0, transform=None):
     """An ImageFolder (class subfolders, sorted = label index), by default with timm's eval
@@ -180,7 +193,8 @@ def image_folder(root: str | Path, img_size: int, num_classes: int, limit: int |
                                 "subfolder of images per class)")
     transform = transform or eval_transform(img_size)
     try:
-        dataset = ImageFolder(str(root), transform=transform, allow_empty=True)
+        dataset = ImageFolder(str(root), transform=transform, allow_empty=True,
+                              loader=read_image)
     except FileNotFoundError as err:
         raise ValueError(f"{root}: not an ImageFolder ({err})") from None
     if len(dataset.classes) != num_classes:
@@ -210,6 +224,6 @@ def tensor_batches(images: torch.Tensor, labels: torch.Tensor | np.ndarray, batc
 __all__ = [
     "EvalResult", "TopK", "artifact_predictor", "build_fp_model", "evaluate",
     "fp_model_from_quantized", "fp_predictor", "image_folder", "load_fp_model",
-    "load_timm_state", "loader",
+    "load_timm_state", "loader", "read_image",
     "reference_predictor", "tensor_batches",
 ]

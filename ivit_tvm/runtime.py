@@ -4,6 +4,10 @@
     model = ivit_tvm.load("deit_s.ivit")
     logits = model.run(images)            # float32 (B, C, H, W) -> float32 (B, classes)
     q_logits, scale = model.run_int(images)   # int32 logits and their (classes,) scale
+
+`load` checks the manifest's schema and model.so's size and SHA-256 before loading it; the
+run methods refuse images the compiled model would silently misread (wrong dtype, NaN/Inf,
+wrong shape) with an InputError.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import LIBRARY, ArtifactError, read_manifest
+from .artifact import ArtifactError, read_manifest, verify_library
 
 
 def import_tvm():
@@ -36,6 +40,10 @@ def import_tvm():
     return tvm
 
 
+class InputError(ValueError):
+    """Images a compiled model cannot take as given (dtype, values or shape)."""
+
+
 class CompiledModel:
     """A loaded artifact: call `run` / `run_int` / `run_int8` on NumPy arrays."""
 
@@ -53,18 +61,42 @@ class CompiledModel:
             raise ArtifactError(f"{self.path}: compiled for CUDA but no CUDA device is visible; "
                                 "run it on the GPU machine")
         self._tvm = tvm
-        lib = tvm.runtime.load_module(str(self.path / LIBRARY))
+        lib = tvm.runtime.load_module(str(verify_library(self.path, self.meta)))
         self.vm = VirtualMachine(lib, self.device)
 
-    def _check(self, images: np.ndarray, dtype) -> np.ndarray:
-        images = np.ascontiguousarray(images, dtype=dtype)
+    def _check_shape(self, images: np.ndarray) -> None:
         expected = self.input_shape
         if images.ndim != 4 or images.shape[1:] != expected[1:] or (
-                expected[0] != -1 and images.shape[0] != expected[0]):
+                expected[0] != -1 and images.shape[0] != expected[0]) or images.shape[0] == 0:
             want = ("B" if expected[0] == -1 else str(expected[0]),) + expected[1:]
-            raise ArtifactError(f"input shape {images.shape} does not match the artifact's "
-                                f"({', '.join(map(str, want))}) NCHW")
+            raise InputError(f"input shape {images.shape} does not match the artifact's "
+                             f"({', '.join(map(str, want))}) NCHW; pass a batch of that shape")
+
+    def _float_images(self, images) -> np.ndarray:
+        """Float images as float32, refusing integer pixels and NaN/Inf."""
+        images = np.asarray(images)
+        if images.dtype.kind != "f":
+            raise InputError(f"run and run_int take float images normalised as in training (e.g. "
+                             f"(pixels / 255 - mean) / std), got {images.dtype}; normalise them "
+                             "first, or quantize them with meta['input_scale'] and use run_int8")
+        self._check_shape(images)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range -> Inf, refused
+            images = np.ascontiguousarray(images, dtype=np.float32)
+        bad = ~np.isfinite(images)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InputError(f"{int(bad.sum())} pixels are NaN or infinite (or beyond float32's "
+                             f"range), the first at index {where}; replace them before running")
         return images
+
+    def _int8_images(self, q_images) -> np.ndarray:
+        q_images = np.asarray(q_images)
+        if q_images.dtype != np.int8:
+            raise InputError(f"run_int8 takes int8 images (quantized with meta['input_scale']"
+                             f"), got {q_images.dtype}; quantize them first, or pass float "
+                             "images to run")
+        self._check_shape(q_images)
+        return np.ascontiguousarray(q_images)
 
     def _call(self, entry: str, array: np.ndarray) -> np.ndarray:
         out = self.vm[entry](self._tvm.runtime.tensor(array, self.device))
@@ -72,11 +104,11 @@ class CompiledModel:
 
     def run_int(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float32 images -> (int32 logits (B, classes), float32 scale (classes,))."""
-        return self._call("main", self._check(images, np.float32)), self.logits_scale
+        return self._call("main", self._float_images(images)), self.logits_scale
 
     def run_int8(self, q_images: np.ndarray) -> np.ndarray:
         """int8 images (quantized with meta['input_scale']) -> int32 logits."""
-        return self._call("main_int8", self._check(q_images, np.int8))
+        return self._call("main_int8", self._int8_images(q_images))
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """float32 images -> float32 logits (the int32 logits times their scale)."""

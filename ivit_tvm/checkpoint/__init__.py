@@ -11,7 +11,7 @@ io.py reads and writes files, infer.py finds the model configuration, validate.p
 a state_dict fits the model.
 """
 
-from .errors import CheckpointError
+from .errors import AssumedConfigWarning, CheckpointError
 from .infer import infer_config
 from .io import (
     CheckpointInfo,
@@ -24,7 +24,8 @@ from .io import (
 from .validate import SCALE_SUFFIX, config_summary, uncalibrated_acts
 
 __all__ = [
-    "SCALE_SUFFIX", "CheckpointError", "CheckpointInfo", "atomic_torch_save", "config_summary",
+    "SCALE_SUFFIX", "AssumedConfigWarning", "CheckpointError", "CheckpointInfo",
+    "atomic_torch_save", "config_summary",
     "infer_config", "load_checkpoint", "read_torch_file", "save_checkpoint", "uncalibrated_acts",
     "unwrap_state_dict",
 ]

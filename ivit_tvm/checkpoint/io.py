@@ -10,8 +10,9 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,12 +21,13 @@ from torch import nn
 from .. import __version__
 from ..models import CONFIG_CLASSES, ModelConfig, build_model
 from ..quant import quant_act_bits, set_calibration
-from .errors import CheckpointError, name_keys
-from .infer import resolve_config
+from .errors import AssumedConfigWarning, CheckpointError, name_keys
+from .infer import detect_architecture, resolve_config
 from .validate import (
     SCALE_SUFFIX,
     check_act_bits,
     check_keys,
+    check_values,
     match_scale_shapes,
     uncalibrated_acts,
 )
@@ -46,6 +48,8 @@ class CheckpointInfo:
     config_source: str  # "metadata", or how it was inferred from the state_dict
     meta: dict  # the file's ivit_meta ({} for a state_dict from elsewhere)
     reshaped: tuple[str, ...]  # scale keys saved with another shape than a fresh module's
+    # fields no metadata, name or given value told, taken from a convention: {field: which}
+    assumed: dict[str, str] = field(default_factory=dict)
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike,
@@ -89,13 +93,22 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None,
                     **overrides) -> tuple[nn.Module, CheckpointInfo]:
     """The model stored in `path`, in eval mode with its scales frozen, and what was found.
 
-    The configuration comes from the file's metadata, else from its keys and shapes (`name`
-    supplies what shapes cannot tell, e.g. ViT's head count); `overrides` replace fields.
+    The configuration comes from the file's metadata, else from its keys and shapes. What
+    shapes cannot tell (ViT's head count) comes from `overrides` (e.g. num_heads=4; strings
+    as the command line gives them are parsed), else the model `name`, else a convention
+    (timm's 64-dim heads), which is announced: an AssumedConfigWarning per field and
+    `info.assumed`. Where no convention fits, or an override contradicts the file's shapes or
+    metadata, a CheckpointError names the field. Values the integer model cannot use (NaN or
+    negative scales, weights outside int8) are refused, naming the key.
     A forward never recomputes a scale, so the reloaded model gives the saved model's outputs.
     """
     path = Path(path)
     obj = read_torch_file(path)
     state = unwrap_state_dict(obj, path)
+    try:
+        detect_architecture(state)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     if not any(key.endswith(SCALE_SUFFIX) for key in state):
         raise CheckpointError(f"{path}: holds float weights without I-ViT scales, not a "
                               "quantized checkpoint; make one with ivit-quantize MODEL "
@@ -108,7 +121,7 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None,
                               f"{meta.get('created_by', 'a newer ivit-tvm')}; this ivit-tvm "
                               f"reads format {FORMAT_VERSION}: upgrade ivit-tvm")
     try:
-        config, source = resolve_config(state, meta, name, overrides)
+        config, source, assumed = resolve_config(state, meta, name, overrides)
         model = build_model(config)
     except ValueError as err:
         raise CheckpointError(f"{path}: {err}") from None
@@ -123,7 +136,12 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None,
         raise CheckpointError(f"{path}: the model in it was never calibrated (scale 0 in "
                               f"{name_keys(zero)}), so it cannot run; quantize the float model "
                               "with ivit-quantize")
-    return model, CheckpointInfo(path, config, source, meta, tuple(reshaped))
+    check_values(model, path)
+    for key, reason in assumed.items():
+        value = getattr(config, key)
+        value = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        warnings.warn(AssumedConfigWarning(path, key, value, reason), stacklevel=2)
+    return model, CheckpointInfo(path, config, source, meta, tuple(reshaped), assumed)
 
 
 def read_torch_file(path: str | os.PathLike, what: str = "checkpoint"):

@@ -9,7 +9,17 @@ import torch
 from torch import nn
 
 from ..models import ModelConfig, architecture
-from ..quant import IntGELU, IntLayerNorm, IntSoftmax, QuantAct, QuantMatMul, quant_act_bits
+from ..quant import (
+    IntGELU,
+    IntLayerNorm,
+    IntSoftmax,
+    QuantAct,
+    QuantConv2d,
+    QuantLinear,
+    QuantMatMul,
+    quant_act_bits,
+)
+from ..quant.constants import qrange
 from .errors import CheckpointError, name_keys
 
 SCALE_SUFFIX = "_scaling_factor"
@@ -17,10 +27,11 @@ UNUSED_ACTS = ("qact_softmax", "act_out")  # in I-ViT's key layout, never run: s
 
 
 def uncalibrated_acts(model: nn.Module) -> list[str]:
-    """QuantActs that run in the forward but still hold scale 0 (never calibrated)."""
+    """QuantActs that run in the forward but still hold scale 0 (never calibrated); a NaN or
+    negative scale is `check_values`' case."""
     return [name for name, m in model.named_modules()
             if isinstance(m, QuantAct) and name.rpartition(".")[2] not in UNUSED_ACTS
-            and not bool(m.act_scaling_factor.abs().max() > 0)]
+            and bool((m.act_scaling_factor == 0).all())]
 
 
 def config_summary(config: ModelConfig) -> str:
@@ -95,6 +106,64 @@ def check_act_bits(model: nn.Module, meta: dict, path: Path) -> None:
         raise CheckpointError(f"{path}: '{key}' was quantized to {saved[key]} bits but this "
                               f"model uses {ours[key]} bits; the file needs another ivit-tvm "
                               "version or model definition")
+
+
+def check_values(model: nn.Module, path: Path) -> None:
+    """Every number the integer model uses is usable: activation scales finite and not negative
+    (0 is `uncalibrated_acts`' case), weight scales positive and finite in every channel,
+    integer weights and biases integers within their bit width, every other tensor finite."""
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, QuantAct) and name.rpartition(".")[2] not in UNUSED_ACTS:
+            _refuse_where(path, f"{prefix}act_scaling_factor", module.act_scaling_factor,
+                          lambda t: ~torch.isfinite(t) | (t < 0),
+                          "an activation scale must be a positive finite number; calibrate "
+                          "again (ivit-quantize) or re-export the checkpoint")
+        elif isinstance(module, QuantLinear | QuantConv2d):
+            scale = "fc_scaling_factor" if isinstance(module, QuantLinear) else \
+                "conv_scaling_factor"
+            _refuse_where(path, f"{prefix}{scale}", getattr(module, scale),
+                          lambda t: ~torch.isfinite(t) | (t <= 0),
+                          "a weight scale must be positive and finite in every channel; "
+                          "quantize the weights again (ivit-quantize) or re-export the "
+                          "checkpoint")
+            _check_integers(path, f"{prefix}weight_integer", module.weight_integer,
+                            module.weight_bit)
+            if module.bias_integer is not None:
+                _check_integers(path, f"{prefix}bias_integer", module.bias_integer,
+                                module.bias_bit)
+        elif isinstance(module, IntLayerNorm):
+            _check_integers(path, f"{prefix}bias_integer", module.bias_integer, 32)
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            _refuse_where(path, key, value, lambda t: ~torch.isfinite(t),
+                          "every value must be finite; re-export the checkpoint")
+
+
+def _check_integers(path: Path, key: str, tensor: torch.Tensor, bits: int) -> None:
+    low, high = qrange(bits)
+    _refuse_where(path, key, tensor,
+                  lambda t: ~torch.isfinite(t) | (t != torch.round(t)) | (t < low) | (t > high),
+                  f"it must hold integers in [{low}, {high}] ({bits} bits); quantize the "
+                  "weights again (ivit-quantize) or re-export the checkpoint")
+
+
+def _refuse_where(path: Path, key: str, tensor: torch.Tensor, bad, fix: str) -> None:
+    """A CheckpointError naming `key`, the first element where `bad` holds and its value."""
+    mask = bad(tensor.detach().double())
+    if not bool(mask.any()):
+        return
+    index = [int(i) for i in torch.nonzero(mask)[0]]
+    value = float(tensor.detach().double()[tuple(index)])
+    if tensor.numel() == 1:
+        where = ""
+    elif tensor.dim() == 1:
+        where = f" channel {index[0]}"
+    else:
+        where = f" at {index}"
+    count = int(mask.sum())
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    raise CheckpointError(f"{path}: '{key}'{where} is {value:g}{more}: {fix}")
 
 
 def _per_channel_ok(module: nn.Module, channels: int) -> bool:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import CONTEXT, reports_errors
+from .common import CONTEXT, announced_assumptions, given_fields, model_options, reports_errors
 
 
 def parse_batch(value: str) -> int | None:
@@ -37,21 +37,25 @@ def parse_batch(value: str) -> int | None:
               help="Model name (e.g. deit_small) when the checkpoint has no ivit-tvm metadata "
                    "and its configuration cannot be inferred from keys and shapes alone "
                    "(the number of heads).")
+@model_options
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
               help="Artifact folder to write (model.so + ivit_artifact.json). Written "
                    "atomically: a failed compile leaves nothing behind.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
-def compile_cmd(checkpoint, target_kind, arch, mcpu, batch, name, out, force, quiet):
+def compile_cmd(checkpoint, target_kind, arch, mcpu, batch, name, num_heads, config_items, out,
+                force, quiet):
     """Compile an I-ViT CHECKPOINT (from ivit-quantize or I-ViT's own training code) into
     integer-only kernels. The artifact runs with `ivit-run` or `ivit_tvm.load(OUT)` and the
     TVM runtime alone; its logits equal the PyTorch integer reference bit for bit."""
     from ..compile import compile_checkpoint
 
-    report = compile_checkpoint(checkpoint, target_kind, out, arch=arch, mcpu=mcpu,
-                                batch=parse_batch(batch), force=force, name=name,
-                                progress=not quiet)
+    given = given_fields(num_heads, config_items)
+    with announced_assumptions():
+        report = compile_checkpoint(checkpoint, target_kind, out, arch=arch, mcpu=mcpu,
+                                    batch=parse_batch(batch), force=force, name=name,
+                                    progress=not quiet, given=given)
     size_mb = report.library_bytes / 2**20
     click.echo(f"wrote {report.out} ({size_mb:.1f} MiB, {report.total_seconds:.1f} s): "
                f"{report.contents}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .common import CONTEXT, reports_errors
+from .common import CONTEXT, announced_assumptions, given_fields, model_options, reports_errors
 
 FP, REFERENCE, ARTIFACT = "FP (timm float)", "integer reference", "ivit-tvm artifact"
 
@@ -41,12 +41,13 @@ FP, REFERENCE, ARTIFACT = "FP (timm float)", "integer reference", "ivit-tvm arti
               help="DataLoader worker processes decoding images.")
 @click.option("--model", "name", default=None, metavar="NAME",
               help="Model name when the checkpoint has no ivit-tvm metadata (see ivit-compile).")
+@model_options
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also write the results to this JSON file.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @reports_errors
 def eval_cmd(checkpoint, data_dir, artifact, target_kind, no_artifact, fp_weights, batch_size,
-             limit, seed, workers, name, json_out, quiet):
+             limit, seed, workers, name, num_heads, config_items, json_out, quiet):
     """Evaluate CHECKPOINT (an I-ViT checkpoint) on the images under --data.
 
     Prints top-1/top-5 of the float model, the PyTorch integer reference and the compiled
@@ -56,7 +57,9 @@ def eval_cmd(checkpoint, data_dir, artifact, target_kind, no_artifact, fp_weight
     from ..checkpoint import load_checkpoint
     from ..evaluate import fp_predictor, image_folder, load_fp_model, reference_predictor
 
-    model, info = load_checkpoint(checkpoint, name=name)
+    with announced_assumptions():
+        model, info = load_checkpoint(checkpoint, name=name,
+                                      **given_fields(num_heads, config_items))
     config = info.config
     dataset = image_folder(data_dir, config.img_size, config.num_classes, limit, seed)
     predictors = {FP: fp_predictor(load_fp_model(model, fp_weights)),
@@ -65,7 +68,7 @@ def eval_cmd(checkpoint, data_dir, artifact, target_kind, no_artifact, fp_weight
         if not no_artifact:
             path = artifact or _compile(model, target_kind, Path(tmp) / "model.ivit",
                                         checkpoint, quiet)
-            predictors[ARTIFACT] = _artifact_predictor(path, config)
+            predictors[ARTIFACT] = _artifact_predictor(path, config, checkpoint)
         result = _run(dataset, predictors, batch_size, workers, quiet, not no_artifact)
     click.echo(f"{checkpoint} on {data_dir}: {result.images} images")
     click.echo(result.table())
@@ -80,18 +83,26 @@ def eval_cmd(checkpoint, data_dir, artifact, target_kind, no_artifact, fp_weight
 
 def _compile(model, target_kind: str, out: Path, checkpoint: Path, quiet: bool) -> Path:
     from ..compile import compile_model, make_target
+    from ..manifest import file_sha256
 
     compile_model(model, make_target(target_kind), out, source=str(checkpoint.resolve()),
-                  progress=not quiet)
+                  progress=not quiet, checkpoint_sha256=file_sha256(checkpoint))
     return out
 
 
-def _artifact_predictor(path: Path, config):
+def _artifact_predictor(path: Path, config, checkpoint: Path):
     from ..artifact import ArtifactError, read_manifest
     from ..evaluate import artifact_predictor
+    from ..manifest import file_sha256
     from ..runtime import load
 
-    compiled_config = read_manifest(path).get("config")
+    meta = read_manifest(path)
+    compiled_sha256, compiled_config = meta["checkpoint_sha256"], meta["config"]
+    if compiled_sha256 is not None and compiled_sha256 != file_sha256(checkpoint):
+        raise ArtifactError(f"{path}: compiled from another checkpoint (SHA-256 "
+                            f"{compiled_sha256[:16]}..., {meta.get('source') or 'unknown'}) "
+                            f"than {checkpoint}; pass the artifact compiled from this "
+                            "checkpoint, or none")
     if compiled_config != config.to_dict():
         raise ArtifactError(f"{path}: compiled from another model ({compiled_config}) than the "
                             f"checkpoint ({config.to_dict()}); pass the artifact compiled from "

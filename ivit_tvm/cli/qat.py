@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from .common import CONTEXT, note, reports_errors
+from .common import (
+    CONTEXT,
+    announced_assumptions,
+    given_fields,
+    model_options,
+    note,
+    reports_errors,
+)
 
 
 @click.command("ivit-qat", context_settings=CONTEXT)
@@ -41,11 +48,13 @@ from .common import CONTEXT, note, reports_errors
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--model", "name", default=None, metavar="NAME",
               help="Model name when the checkpoint has no ivit-tvm metadata (see ivit-compile).")
+@model_options
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @reports_errors
 def qat_cmd(checkpoint, data_dir, output, epochs, lr, weight_decay, batch_size, augment,
-            distill, teacher, limit_train, limit_val, workers, seed, name, force, quiet):
+            distill, teacher, limit_train, limit_val, workers, seed, name, num_heads,
+            config_items, force, quiet):
     """Fine-tune an I-ViT CHECKPOINT (from ivit-quantize, an earlier ivit-qat run or I-ViT's
     own code) with quantization-aware training: fake-quant forward, straight-through
     gradients, activation ranges tracked by EMA while training and frozen to score every epoch
@@ -62,7 +71,9 @@ def qat_cmd(checkpoint, data_dir, output, epochs, lr, weight_decay, batch_size, 
         raise ValueError(f"{output}: folder {output.parent} does not exist; create it first")
     settings = QATSettings(epochs=epochs, lr=lr, weight_decay=weight_decay,
                            distill_weight=distill, seed=seed)
-    model, info = load_checkpoint(checkpoint, name=name)
+    with announced_assumptions():
+        model, info = load_checkpoint(checkpoint, name=name,
+                                      **given_fields(num_heads, config_items))
     config = info.config
     train_set = image_folder(data_dir / "train", config.img_size, config.num_classes,
                              limit_train, seed, _train_transform(config.img_size, augment))

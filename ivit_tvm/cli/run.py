@@ -10,9 +10,15 @@ import numpy as np
 from .common import CONTEXT, reports_errors
 
 
-def read_images(source: str, shape: tuple, batch: int, seed: int) -> np.ndarray:
-    """A .npy file of float32 NCHW images, or 'random' standard-normal images."""
+def read_images(source: str, shape: tuple, batch: int | None, seed: int) -> np.ndarray:
+    """A .npy file of float32 NCHW images, or 'random' standard-normal images (`batch` of them;
+    default: the artifact's batch when it is fixed, else 1)."""
     if source == "random":
+        fixed = shape[0] if shape[0] != -1 else None
+        if batch is not None and fixed is not None and batch != fixed:
+            raise ValueError(f"--batch {batch}: the artifact was compiled for batch {fixed}; "
+                             f"pass --batch {fixed} or recompile with another --batch")
+        batch = batch or fixed or 1
         rng = np.random.default_rng(seed)
         return rng.standard_normal((batch, *shape[1:]), dtype=np.float32)
     path = Path(source)
@@ -26,8 +32,9 @@ def read_images(source: str, shape: tuple, batch: int, seed: int) -> np.ndarray:
 @click.argument("artifact", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--images", default="random", show_default=True, metavar="FILE.npy|random",
               help="Preprocessed float32 NCHW images in a .npy file, or random images.")
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Number of random images (with --images random).")
+@click.option("--batch", default=None, type=click.IntRange(min=1),
+              help="Number of random images (with --images random). Default: the artifact's "
+                   "batch when compiled for a fixed one, else 1.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random images.")
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1),
               help="How many classes to print per image.")

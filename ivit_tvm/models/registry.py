@@ -36,13 +36,14 @@ class Architecture:
     checkpoint's keys reveal it."""
 
     name: str  # ModelConfig.arch
+    title: str  # how people name it in messages
     config_class: type[ModelConfig]
     build_model: Lazy  # (config) -> nn.Module in fake-quant mode, calibration on
     emit: Lazy  # (IntegerGraph, model, q_images, scale, batch) -> (int32 logits, their scale)
     timm_model: Lazy  # (**timm_fields) -> timm's float model
     timm_fields: tuple[str, ...]  # config fields timm's constructor takes as keyword arguments
     timm_names: Lazy  # (config) -> {our float parameter: timm state-dict key}
-    infer_config: Lazy  # (state_dict, named config or None) -> config, from keys and shapes
+    infer_config: Lazy  # (state_dict, named config or None, given fields) -> (config, assumed)
     block_prefix: str  # state-dict keys "<prefix>N." mark this architecture
     depth_field: str  # the config field holding the block count(s)
 
@@ -54,6 +55,7 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "vit": Architecture(
         name="vit",
+        title="ViT/DeiT",
         config_class=ViTConfig,
         build_model=Lazy("ivit_tvm.models.vit:VisionTransformer"),
         emit=Lazy("ivit_tvm.frontend.vit:emit_vit"),
@@ -67,6 +69,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     ),
     "swin": Architecture(
         name="swin",
+        title="Swin",
         config_class=SwinConfig,
         build_model=Lazy("ivit_tvm.models.swin:SwinTransformer"),
         emit=Lazy("ivit_tvm.frontend.swin:emit_swin"),

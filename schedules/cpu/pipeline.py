@@ -25,6 +25,7 @@ from tvm.s_tir.schedule import ScheduleError
 
 from ivit_tvm.ops.tir_query import block_names
 
+from ..shape_order import sort_shape_stores
 from ..targets import Capabilities, TargetInfo
 from .float_dense import pack_float_matmuls
 from .packing import pack_dense_gemms
@@ -80,7 +81,7 @@ def schedule_cpu(caps: Capabilities) -> tvm.transform.Pass:
 def llvm_pipeline(target: tvm.target.Target, name: str, after_fusion: list,
                   before_legalize: list = ()) -> tvm.transform.Pass:
     """TVM's llvm pipeline (dispatch, legalize + fuse, lower, finalize) with extra passes
-    before legalization and between fusion and lowering."""
+    before legalization and between fusion and lowering; shape functions in a fixed order."""
 
     @tvm.transform.module_pass(opt_level=0, name=name)
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -92,6 +93,7 @@ def llvm_pipeline(target: tvm.target.Target, name: str, after_fusion: list,
                 + list(after_fusion)
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target)
+                + [sort_shape_stores]  # byte-reproducible libraries
             )
             return seq(mod)
 

@@ -4,6 +4,7 @@ quantized model's float parameters."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -90,9 +91,12 @@ def test_folder_with_other_class_count_is_refused(tmp_path):
 
 def test_artifact_of_another_model_is_refused(folder, tmp_path):
     (tmp_path / "other.ivit").mkdir()
-    (tmp_path / "other.ivit" / "model.so").write_bytes(b"")
-    (tmp_path / "other.ivit" / "ivit_artifact.json").write_text(
-        json.dumps({"format_version": 1, "config": DEIT.to_dict()}))
+    (tmp_path / "other.ivit" / "model.so").write_bytes(b"x")
+    (tmp_path / "other.ivit" / "ivit_artifact.json").write_text(json.dumps({
+        "format_version": 2, "config": DEIT.to_dict(), "input_scale": 0.1, "input_bits": 8,
+        "input_shape": [-1, 3, 32, 32], "logits_scale": [0.1] * 10, "target": {"kind": "llvm"},
+        "library_bytes": 1, "library_sha256": hashlib.sha256(b"x").hexdigest(),
+        "checkpoint_sha256": None}))
     result, _ = evaluate("--data", folder, "--artifact", tmp_path / "other.ivit")
     assert result.exit_code == 1
     assert "compiled from another model" in result.stderr

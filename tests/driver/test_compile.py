@@ -146,9 +146,12 @@ def test_compile_refuses_existing_output_without_force(deit_checkpoint, tmp_path
 def test_compile_force_replaces_output(deit_checkpoint, tmp_path):
     out = tmp_path / "replace.ivit"
     out.mkdir()
+    (out / MANIFEST).write_text("{}")  # an (old) artifact: --force replaces only those
+    (out / "keep.txt").write_text("old artifact's file")
     result = invoke_compile(deit_checkpoint, "--target", "llvm", "-o", out, "--force")
     assert result.exit_code == 0, result.output
     assert (out / LIBRARY).is_file() and not (out / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["replace.ivit"]
 
 
 def test_compile_rejects_unknown_arch(deit_checkpoint, tmp_path):
