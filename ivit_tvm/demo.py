@@ -69,6 +69,7 @@ def run_demo(out: str | os.PathLike, subset: int | None = None, batch_size: int 
     from .checkpoint import load_checkpoint
     from .compile import compile_model, make_target
     from .evaluate import load_fp_model
+    from .manifest import file_sha256
     from .runtime import load
 
     digits, labels = data.load_split("test")
@@ -90,7 +91,7 @@ def run_demo(out: str | os.PathLike, subset: int | None = None, batch_size: int 
 
     log(f"compiling (same as: ivit-compile {data.DIGITS_QAT} --target llvm -o {out})")
     report = compile_model(model, make_target("llvm"), out, source=str(data.DIGITS_QAT),
-                           progress=progress)
+                           progress=progress, checkpoint_sha256=file_sha256(data.DIGITS_QAT))
     compiled = load(out)
     batch_images = [x.numpy() for x in in_batches(images, batch_size)]
     compiled.run_int(batch_images[0])  # warm-up

@@ -166,6 +166,16 @@ def evaluate(batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     return result
 
 
+class UnreadableImage(ValueError):
+    """An image file that cannot be decoded. A DataLoader worker re-raises it built from its
+    whole traceback text; its message is then that text's last line, the one naming the file."""
+
+    def __str__(self) -> str:
+        lines = str(self.args[0]).strip().splitlines() if self.args else [""]
+        name = type(self).__name__
+        return lines[-1].partition(f"{name}: ")[2] if f"{name}: " in lines[-1] else lines[-1]
+
+
 def read_image(path: str):
     """An image file as RGB (torchvision's loader), naming the file when it cannot be read:
     PIL's own errors (e.g. "image file is truncated") do not."""
@@ -175,8 +185,8 @@ def read_image(path: str):
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: cannot read this image ({err}); replace or remove the "
-                         "file") from None
+        raise UnreadableImage(f"{path}: cannot read this image ({err}); replace or remove "
+                              "the file") from None
 
 
 def image_folder(root: str | Path, img_size: int, num_classes: int, limit: int | None = None,

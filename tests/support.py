@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
 from ivit_tvm.models import model_config
@@ -53,3 +54,11 @@ def public_release_state(model) -> dict[str, torch.Tensor]:
 def deit_and_images():
     """The shared calibrated reduced DeiT and a batch of 3 images for graph-level tests."""
     return quantized(DEIT), images(DEIT, seed=0)
+
+
+def half_step_inputs(scale: float) -> np.ndarray:
+    """float32 values at and next to (k + 1/2) * S, where x * (1/S) and x / S may round apart."""
+    s = np.float32(scale)
+    base = ((np.arange(-127, 127) + 0.5) * np.float64(s)).astype(np.float32)
+    return np.concatenate([base, np.nextafter(base, np.float32(np.inf)),
+                           np.nextafter(base, np.float32(-np.inf))])

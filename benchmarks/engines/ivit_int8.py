@@ -23,11 +23,13 @@ class IViTInt8(Engine):
     def prepare(self, workload: Workload, settings: Settings) -> Prepared:
         from ivit_tvm.checkpoint import load_checkpoint
         from ivit_tvm.compile import compile_model
+        from ivit_tvm.manifest import file_sha256
 
         model, _info = load_checkpoint(workload.checkpoint)
         out = Path(workload.folder) / "ivit_int8.ivit"
         report = compile_model(model, llvm_target(settings.mcpu), out, batch=None, force=True,
-                               source=workload.checkpoint, progress=False)
+                               source=workload.checkpoint, progress=False,
+                               checkpoint_sha256=file_sha256(workload.checkpoint))
         return Prepared(files={"artifact": str(out)}, weights_bytes=report.library_bytes,
                         notes=f"llvm -mcpu={settings.mcpu}, schedules.cpu pipeline, dynamic "
                               "batch; weights = model.so",

@@ -25,7 +25,12 @@ def read_images(source: str, shape: tuple, batch: int | None, seed: int) -> np.n
     if path.suffix != ".npy" or not path.is_file():
         raise ValueError(f"{source}: give a .npy file of float32 (B, C, H, W) images "
                          "(preprocessed) or 'random'")
-    return np.load(path, allow_pickle=False)
+    array = np.load(path, allow_pickle=False)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{source}: holds {array.dtype} values; ivit-run takes preprocessed "
+                         "float32 (B, C, H, W) images: normalise the pixels first (the model's "
+                         "mean and std), as for the PyTorch model")
+    return array
 
 
 @click.command("ivit-run", context_settings=CONTEXT)
@@ -43,11 +48,14 @@ def read_images(source: str, shape: tuple, batch: int | None, seed: int) -> np.n
 @reports_errors
 def run_cmd(artifact, images, batch, seed, top, save):
     """Run ARTIFACT (from ivit-compile) and print each image's top classes and logits."""
-    from ..runtime import load
+    from ..runtime import InputError, load
 
     model = load(artifact)
     array = read_images(images, model.input_shape, batch, seed)
-    logits = model.run(array)
+    try:
+        logits = model.run(array)
+    except InputError as err:
+        raise InputError(f"{images}: {err}") from None
     for i, row in enumerate(logits):
         best = np.argsort(-row)[:top]
         ranked = ", ".join(f"{c}:{row[c]:.3f}" for c in best)

@@ -21,12 +21,12 @@ from ..quant.modules import requant_params
 
 
 def quantize_input(x: te.Tensor, scale: float, bits: int) -> te.Tensor:
-    """QuantAct.quantize at the graph entry: clamp(round(x / S)) in float32, to b bits."""
+    """functional.quantize_float at the graph entry: clamp(round(x * (1/S))) in float32."""
     low, high = qf.qrange(bits)
-    scale32 = tirx.const(np.float32(scale), "float32")
+    reciprocal32 = tirx.const(np.float32(1.0) / np.float32(scale), "float32")
 
     def element(*idx):
-        value = tirx.round(x[idx] / scale32)
+        value = tirx.round(x[idx] * reciprocal32)
         return tirx.max(tirx.min(value, float(high)), float(low)).astype(storage_dtype(bits))
 
     return te.compute(x.shape, element, name="quantize_input")

@@ -94,8 +94,8 @@ class QuantAct(nn.Module):
         return self.act_scaling_factor.reshape(1).to(torch.float32)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        """Float -> integer at the entry of the graph: clamp(round(x / S)) in b bits."""
-        return qf.clamp_bits(torch.round(x / self.scale()).to(torch.int64), self.activation_bit)
+        """Float -> integer at the entry of the graph (functional.quantize_float)."""
+        return qf.quantize_float(x, self.scale(), self.activation_bit)
 
     def forward(self, x, scale_in=None, identity=None, identity_scale=None):
         if is_integer(x):

@@ -2,8 +2,8 @@
 
 nvcc on PATH may be a wrapper script; NVRTC and nvcc look for headers relative to CUDA_PATH, so
 the real toolkit folder is found and set for the duration of a compile. Kernels are compiled
-without --use_fast_math: the float entry quantizer divides by its scale, and an approximate
-division would break bit-exactness with PyTorch.
+without --use_fast_math: the float entry quantizer (x times the float32 reciprocal of its
+scale, then round) must round exactly as PyTorch does, with no flushed or approximated steps.
 """
 
 from __future__ import annotations

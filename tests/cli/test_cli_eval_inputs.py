@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -33,15 +34,17 @@ def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-def test_truncated_png_is_named(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])  # 1: raised in a DataLoader worker process
+def test_truncated_png_is_named(tmp_path, workers):
     root = digits_folder(tmp_path / "images")
     bad = root / "3" / "a.png"
     bad.write_bytes(bad.read_bytes()[:60])  # cut inside its pixel data
     before = listing(tmp_path)
-    result = evaluate("--data", root, "--no-artifact")
+    result = evaluate("--data", root, "--no-artifact", "--workers", workers)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.startswith(f"ivit-eval: error: {bad}: cannot read this image (")
     assert "truncated" in result.output and "replace or remove the file" in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert listing(tmp_path) == before
 
 

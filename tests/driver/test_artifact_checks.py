@@ -174,3 +174,16 @@ def test_run_uses_the_fixed_batch_by_default(built):
     result = CliRunner().invoke(run_cmd, [str(built), "--batch", "3"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "--batch 3: the artifact was compiled for batch 2; pass --batch 2" in result.output
+
+
+@pytest.mark.parametrize("array, expected", [
+    (np.zeros((BATCH, 3, 32, 32), np.uint8), "holds uint8 values; ivit-run takes preprocessed"),
+    (np.zeros((BATCH, 3, 16, 16), np.float32), "(2, 3, 16, 16)"),
+])
+def test_run_cli_names_the_images_file(built, tmp_path, array, expected):
+    path = tmp_path / "images.npy"
+    np.save(path, array)
+    result = CliRunner().invoke(run_cmd, [str(built), "--images", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith(f"ivit-run: error: {path}: ")
+    assert expected in result.output and len(result.output.strip().splitlines()) == 1

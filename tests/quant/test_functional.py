@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support import half_step_inputs
 
 from ivit_tvm.quant import functional as qf
 
@@ -179,3 +180,15 @@ def test_integer_sqrt_newton_converges_for_large_variance():
 def test_functions_refuse_float_tensors():
     with pytest.raises(TypeError, match="integer"):
         qf.shiftmax(torch.zeros(2, 3), -20, 8)
+
+
+@pytest.mark.parametrize("scale", [0.02, 0.0371, 0.11])
+def test_quantize_float_multiplies_by_the_float32_reciprocal_like_the_release(scale):
+    x = half_step_inputs(scale)
+    s = np.float32(scale)
+    release = np.clip(np.round(x * (np.float32(1) / s)), -128, 127)  # round(1. / scale * x)
+    by_division = np.clip(np.round(x / s), -128, 127)
+    assert (release != by_division).sum() > 0  # the inputs do tell the two formulas apart
+    q = qf.quantize_float(torch.from_numpy(x), torch.tensor([s]), 8)
+    assert q.dtype == torch.int8
+    np.testing.assert_array_equal(q.numpy(), release)
