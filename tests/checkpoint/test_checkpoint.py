@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 from support import DEIT, SWIN, assert_same_outputs, images, public_release_state, quantized
 
 from ivit_tvm.checkpoint import (
+    AssumedConfigWarning,
     CheckpointError,
     infer_config,
     load_checkpoint,
@@ -86,7 +88,13 @@ def test_metadata_extra_is_saved(deit, tmp_path):
 def test_public_release_layout_loads_with_same_outputs(config, tmp_path):
     model = quantized(config)
     torch.save(public_release_state(model), tmp_path / "raw.pth")
-    loaded, info = load_checkpoint(tmp_path / "raw.pth")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded, info = load_checkpoint(tmp_path / "raw.pth")
+    # ViT heads follow timm's 64-dim convention, announced; Swin's tables tell its heads
+    announced = {"num_heads"} if config is DEIT else set()
+    assert set(info.assumed) == announced
+    assert [type(w.message) for w in caught] == [AssumedConfigWarning] * len(announced)
     assert info.config == config and info.config_source == "inferred from shapes"
     assert "qact_input.act_scaling_factor" in info.reshaped
     assert_same_outputs(model, loaded, config)
@@ -97,12 +105,16 @@ def test_wrapped_training_checkpoint_loads(deit, tmp_path):
     state = {f"module.{k}": v for k, v in deit.state_dict().items()}
     torch.save({"model": state, "epoch": 3, "args": argparse.Namespace(lr=1e-5)},
                tmp_path / "train.pth")
-    assert_same_outputs(deit, load_checkpoint(tmp_path / "train.pth")[0], DEIT)
+    with pytest.warns(AssumedConfigWarning, match="num_heads=3"):
+        loaded = load_checkpoint(tmp_path / "train.pth")[0]
+    assert_same_outputs(deit, loaded, DEIT)
 
 
 def test_state_dict_entry_loads(deit, tmp_path):
     torch.save({"state_dict": deit.state_dict()}, tmp_path / "sd.pth")
-    assert_same_outputs(deit, load_checkpoint(tmp_path / "sd.pth")[0], DEIT)
+    with pytest.warns(AssumedConfigWarning, match="num_heads=3"):
+        loaded = load_checkpoint(tmp_path / "sd.pth")[0]
+    assert_same_outputs(deit, loaded, DEIT)
 
 
 # Configuration inference (no metadata)
