@@ -117,8 +117,6 @@ def note(message: str) -> None:
     click.echo(f"note: {message}", err=True)
 
 
-
-
 def model_options(command):
     """--num-heads and --config: configuration fields that a checkpoint without metadata
     cannot tell from its shapes, for every command that loads a checkpoint. The command gets
