@@ -35,20 +35,21 @@ RESULTS_ROOT = Path("benchmark-results")  # relative to the current directory
                    "torch-fp16, torch-bf16, trt-fp16, trt-int8. [default: all; those that "
                    "cannot run here are listed as skipped]")
 @click.option("--quick", is_flag=True,
-              help="A smoke run: the tiny model, batch 1, 1 warm-up, at most 5 samples or 1 s.")
+              help="A smoke run: the tiny model, batch 1, 1 warm-up, at most 5 rounds or 1 s.")
 @click.option("--warmup", type=click.IntRange(min=0), help="Warm-up calls. [default: 3]")
 @click.option("--repeats", type=click.IntRange(min=3),
-              help="Most timed samples per engine and batch. [default: 30]")
+              help="Most timed rounds per batch (one sample of every engine each, in "
+                   "alternating order). [default: 30]")
 @click.option("--budget-s", type=click.FloatRange(min=0.0),
-              help="Seconds of timing per engine and batch, within which fewer samples are "
-                   "taken (at least 3). [default: 8]")
+              help="Seconds of the slowest engine's timing per batch, within which fewer "
+                   "rounds are taken (at least 3). [default: 8]")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Threads of every engine. [default: the cores this process may use]")
 @click.option("--mcpu", help="LLVM CPU of the TVM targets. [default: this machine's]")
 @click.option("--wait-quiet", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               metavar="SECONDS",
-              help="Before each engine's measurement, wait up to SECONDS for the machine to be "
-                   "idle (other processes' CPU is reported per row either way).")
+              help="Before each batch's rounds, wait up to SECONDS for the machine to be "
+                   "idle (rounds where other processes used the CPU are flagged either way).")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path),
               default=RESULTS_ROOT, show_default=True,
               help="Results go to RESULTS_DIR/<machine>-<date>[-quick]/ (relative paths from "
@@ -61,7 +62,8 @@ RESULTS_ROOT = Path("benchmark-results")  # relative to the current directory
 def bench_cmd(models, batches, engines, quick, warmup, repeats, budget_s, threads, mcpu,
               wait_quiet, results_dir, work_dir) -> None:
     """Benchmark ivit-tvm INT8 against TVM FP32, PyTorch, ONNX Runtime (and, on a GPU,
-    PyTorch FP16/BF16 and TensorRT): median latency, spread, images/s, ratio to ivit-tvm,
+    PyTorch FP16/BF16 and TensorRT), all loaded and warmed up first, then timed in alternating
+    rounds: median latency, spread, images/s, per-round ratio to ivit-tvm (median and spread),
     peak memory and deployed weight size. Prints a Markdown table and writes it with the JSON
     and a latency plot into the results folder.
     """

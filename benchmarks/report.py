@@ -10,23 +10,26 @@ from collections import defaultdict
 from pathlib import Path
 
 COLUMNS = ("model", "batch", "engine", "median (ms)", "IQR (ms)", "images/s",
-           "latency / ivit-tvm", "peak RSS (MiB)", "engine RSS (MiB)", "weights (MiB)",
-           "status")
+           "latency / ivit-tvm", "ratio IQR", "ratio min-max", "peak RSS (MiB)",
+           "engine RSS (MiB)", "weights (MiB)", "status")
 MAX_CELL = 160
-CONTENDED_CORES = 0.25  # other processes' mean CPU above which a row says so
 NOTES = (
     "Latency: one call from a float32 NumPy batch (B, 3, H, W) to the logits, median of "
-    "repeated samples after warm-up; IQR = 75th - 25th percentile. Every engine runs the same "
-    "saved batches, in its own fresh process.",
-    "latency / ivit-tvm: an engine's median divided by ivit-tvm's for the same model and batch "
-    "(above 1: ivit-tvm is faster).",
+    "samples after warm-up; IQR = 75th - 25th percentile. Every engine runs the same saved "
+    "batches, in its own process; all processes are loaded and warmed up first, then timed in "
+    "alternating rounds (one sample per engine per round, order ABCD, DCBA, ABCD, ...), so a "
+    "drift of the machine's speed hits every engine alike.",
+    "latency / ivit-tvm: per round, an engine's sample divided by ivit-tvm's in the same "
+    "round; the median over rounds, with the interquartile range and min-max of those "
+    "per-round ratios (above 1: ivit-tvm is faster).",
     "Peak RSS: the measuring process's peak resident memory while loading and running, up to "
     "that batch. Engine RSS: that peak minus the process's RSS after importing the engine's "
     "libraries (tvm_ffi imports PyTorch when it is installed, so the TVM rows' totals include "
     "PyTorch's libraries).",
-    "Status 'ok (others used N cores)': other processes on the machine used N cores on "
-    "average while that engine was measured (sampled every second), so its latency is "
-    "inflated.",
+    "Status 'ok (others busy in K of N rounds)': in K of that batch's N rounds, other "
+    "processes on the machine used at least 0.25 cores (sampled once per round, the measuring "
+    "processes excluded); those rounds are listed below the table and in the JSON "
+    "(\"rounds\").",
     "Weights: the deployed file (TVM: the exported library with weights as constants; ONNX "
     "Runtime: the .onnx file; PyTorch: the float state dict).",
     "Weights are random and scales calibrated on random images (latency does not depend on "
@@ -55,9 +58,10 @@ def markdown(results: dict) -> str:
         f"{machine['cpu']}, {machine['cores']} cores, {settings['threads']} threads, "
         f"llvm -mcpu={settings['mcpu']}; load average before {machine['load_before'][0]}, "
         f"after {machine.get('load_after', ['?'])[0]}; other processes used at most "
-        f"{max(others, default=0.0):.2f} cores during any measurement; warm-up "
-        f"{settings['warmup']}, up to {settings['repeats']} samples or {settings['budget_s']} s "
-        "per engine and batch.",
+        f"{max(others, default=0.0):.2f} cores during any round; warm-up "
+        f"{settings['warmup']}, then up to {settings['repeats']} alternating rounds per batch, "
+        f"fewer if the slowest engine's samples would exceed {settings['budget_s']} s "
+        "(at least 3).",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" if i < 3 or i == len(COLUMNS) - 1 else "---:"
@@ -72,21 +76,39 @@ def markdown(results: dict) -> str:
             notes.setdefault(row["engine_label"], row["notes"])
     lines += [f"- {label}: {text}" for label, text in notes.items()]
     lines += ["", "Notes:", ""] + [f"- {note}" for note in NOTES]
+    flagged = contended_rounds(results)
+    if flagged:
+        lines += ["", "Rounds where other processes used the CPU:", ""] + flagged
     summary = ratio_summary(results["rows"])
     if summary:
         lines += ["", "Ratios (engine latency / ivit-tvm latency):", ""] + summary
     return "\n".join(lines) + "\n"
 
 
+def contended_rounds(results: dict) -> list[str]:
+    """One line per model and batch with flagged rounds: which, and the cores others used."""
+    labels = {m["key"]: m["label"] for m in results.get("models", [])}
+    lines = []
+    for info in results.get("rounds", []):
+        if info["contended"]:
+            used = ", ".join(f"{i + 1} ({info['other_cores'][i]:.2f} cores)"
+                             for i in info["contended"])
+            lines.append(f"- {labels.get(info['model'], info['model'])}, batch {info['batch']}: "
+                         f"rounds {used} of {len(info['other_cores'])}")
+    return lines
+
+
 def ratio_summary(rows: list[dict]) -> list[str]:
-    """One line per model and batch: every other engine's latency ratio to ivit-tvm."""
+    """One line per model and batch: every other engine's per-round latency ratio to ivit-tvm
+    (median, and min-max over rounds)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         if row["status"] == "ok" and row.get("ratio_to_reference") is not None:
             groups[(row["model_label"], row["batch"])].append(row)
     lines = []
     for (label, batch), group in groups.items():
-        parts = [f"{r['engine_label']} {r['ratio_to_reference']:.2f}x" for r in group
+        parts = [f"{r['engine_label']} {r['ratio_to_reference']:.2f}x "
+                 f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f})" for r in group
                  if r["engine"] != "ivit-tvm"]
         if parts:
             lines.append(f"- {label}, batch {batch}: " + ", ".join(parts))
@@ -102,13 +124,15 @@ def _table_rows(rows: list[dict]) -> list[list[str]]:
             continue
         if row["status"] != "ok":
             out.append([row["model_label"], str(row["batch"]), row["engine_label"]]
-                       + ["—"] * 7 + [f"failed: {row['reason']}"])
+                       + ["—"] * (len(COLUMNS) - 4) + [f"failed: {row['reason']}"])
             continue
         ratio = row.get("ratio_to_reference")
         out.append([
             row["model_label"], str(row["batch"]), row["engine_label"],
             f"{row['median_ms']:.2f}", f"{row['iqr_ms']:.2f}", f"{row['images_per_s']:.1f}",
             "—" if ratio is None else f"{ratio:.2f}",
+            "—" if ratio is None else f"{row['ratio_p25']:.2f}-{row['ratio_p75']:.2f}",
+            "—" if ratio is None else f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}",
             _mib(row.get("peak_rss_mib")), _mib(row.get("engine_rss_mib")),
             f"{row['weights_mib']:.1f}", _status(row),
         ])
@@ -116,14 +140,15 @@ def _table_rows(rows: list[dict]) -> list[list[str]]:
     for (label, reason), group in skipped.items():
         every_model = {r["model_label"] for r in group} == models
         out.append(["all" if every_model else ", ".join(sorted({r["model_label"] for r in group})),
-                    "all", label] + ["—"] * 7 + [f"skipped: {reason}"])
+                    "all", label] + ["—"] * (len(COLUMNS) - 4) + [f"skipped: {reason}"])
     return out
 
 
 def _status(row: dict) -> str:
-    """ok, or ok with the CPU other processes used while this engine was measured."""
-    other = (row.get("other_load") or {}).get("mean_cores", 0.0)
-    return "ok" if other < CONTENDED_CORES else f"ok (others used {other:.1f} cores)"
+    """ok, or ok with the number of rounds of its batch where other processes used the CPU."""
+    load = row.get("other_load") or {}
+    busy = load.get("contended_rounds", 0)
+    return f"ok (others busy in {busy} of {load['rounds']} rounds)" if busy else "ok"
 
 
 def _cell(text: str) -> str:

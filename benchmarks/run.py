@@ -3,8 +3,9 @@
     results = run_benchmark(plan, work_folder)
 
 For each model the workload (checkpoint, float weights, ONNX, input batches) is written once;
-then each engine prepares its deployment in this process and a fresh process loads and times
-it on the same saved input batches (benchmarks.harness). An engine that cannot run here is
+then each engine prepares its deployment in this process, every engine's own measuring process
+loads and warms it up on the same saved input batches, and all of them are timed side by side
+in alternating rounds (benchmarks.harness.measure_side_by_side). An engine that cannot run here is
 skipped with its one-line reason, and one that fails leaves a failed row, never a crash.
 """
 
@@ -22,11 +23,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .engines import REFERENCE, Settings, get_engine
-from .harness import one_line, run_isolated, wait_for_quiet
+from .harness import measure_side_by_side, one_line
 from .machine import load_average, machine_info
 from .workload import ModelSpec, make_workload
 
-SCHEMA = "ivit-bench/1"
+SCHEMA = "ivit-bench/2"  # 2: interleaved rounds, per-round ratios
 INPUT_SEED = 0
 
 
@@ -36,9 +37,9 @@ class Plan:
     batches: list[int]
     engines: list[str]
     settings: Settings
-    timing: dict  # warmup, repeats, budget_s (benchmarks.harness.measure)
+    timing: dict  # warmup, repeats (rounds), budget_s (benchmarks.harness.round_count)
     quick: bool = False
-    wait_quiet_s: float = 0.0  # before each measurement, wait this long at most for idle CPUs
+    wait_quiet_s: float = 0.0  # before each batch's rounds, wait this long at most for idle CPUs
 
 
 def run_benchmark(plan: Plan, work: Path, progress: bool | None = None) -> dict:
@@ -57,10 +58,12 @@ def run_benchmark(plan: Plan, work: Path, progress: bool | None = None) -> dict:
         "models": [],
         "engines": [{**e.describe(), "skip_reason": skipped[e.key]} for e in engines],
         "rows": [],
+        "rounds": [],  # per model and batch: engine order, other processes' CPU per round
     }
     env = thread_env(plan.settings.threads)
     os.environ.update(env)  # this process compiles and exports with the same thread counts
-    bar = tqdm(total=len(plan.models) * (1 + 2 * len(runnable)), desc="ivit-bench",
+    steps = 1 + 2 * len(runnable) + len(plan.batches)  # model, prepare, start, rounds
+    bar = tqdm(total=len(plan.models) * steps, desc="ivit-bench",
                unit="step", disable=progress is False)
     try:
         for spec in plan.models:
@@ -70,7 +73,7 @@ def run_benchmark(plan: Plan, work: Path, progress: bool | None = None) -> dict:
                 workload = make_workload(spec, folder)
             except Exception as err:
                 traceback.print_exc()
-                bar.update(1 + 2 * len(runnable))
+                bar.update(steps)
                 results["rows"] += _rows(spec, engines, plan.batches, skipped,
                                          f"model preparation failed: {one_line(err)}")
                 continue
@@ -80,31 +83,44 @@ def run_benchmark(plan: Plan, work: Path, progress: bool | None = None) -> dict:
                                       "timm": {"name": workload.timm_name,
                                                **workload.timm_kwargs}})
             inputs = write_inputs(workload, plan.batches)
+            prepared, tasks, envs = {}, {}, {}
+            for engine in engines:
+                if skipped[engine.key] is not None:
+                    continue
+                bar.set_postfix_str(f"{spec.label}: {engine.key} prepare")
+                prepared[engine.key], error = _prepare(engine, workload, plan.settings)
+                bar.update(1)
+                if prepared[engine.key] is None:
+                    prepared[engine.key] = f"prepare failed: {error}"
+                    continue
+                tasks[engine.key] = {"engine": engine.key, "workload": workload.to_dict(),
+                                     "settings": plan.settings.to_dict(),
+                                     "prepared": prepared[engine.key],
+                                     "batches": plan.batches, "inputs": inputs,
+                                     "timing": plan.timing}
+                envs[engine.key] = {**env, **engine.runtime_env}
+            bar.update(len(runnable) - len(tasks))  # engines whose prepare failed: no start
+            bar.set_postfix_str(f"{spec.label}: start and warm up")
+            measured = measure_side_by_side(
+                tasks, folder / "measure", envs, REFERENCE, plan.wait_quiet_s,
+                started=lambda key: bar.update(1),
+                timed=lambda batch: bar.update(1)) if tasks else {"engines": {}, "rounds": {}}
+            if not tasks:
+                bar.update(len(plan.batches))
+            results["rounds"] += [{"model": spec.text, "batch": int(batch), **info}
+                                  for batch, info in measured["rounds"].items()]
             for engine in engines:
                 if skipped[engine.key] is not None:
                     results["rows"] += _rows(spec, [engine], plan.batches, skipped)
-                    continue
-                bar.set_postfix_str(f"{spec.label}: {engine.key} prepare")
-                prepared, error = _prepare(engine, workload, plan.settings)
-                bar.update(1)
-                if prepared is None:
+                elif isinstance(prepared[engine.key], str):
                     results["rows"] += _rows(spec, [engine], plan.batches, skipped,
-                                             f"prepare failed: {error}")
-                    bar.update(1)
-                    continue
-                bar.set_postfix_str(f"{spec.label}: {engine.key} measure")
-                waited = wait_for_quiet(plan.wait_quiet_s) if plan.wait_quiet_s else 0.0
-                task = {"engine": engine.key, "workload": workload.to_dict(),
-                        "settings": plan.settings.to_dict(), "prepared": prepared,
-                        "batches": plan.batches, "inputs": inputs, "timing": plan.timing}
-                measured = run_isolated(task, folder / engine.key,
-                                        {**env, **engine.runtime_env})
-                bar.update(1)
-                results["rows"] += _measured_rows(spec, engine, plan.batches, prepared,
-                                                  {**measured, "waited_s": waited})
+                                             prepared[engine.key])
+                else:
+                    results["rows"] += _measured_rows(spec, engine, plan.batches,
+                                                      prepared[engine.key],
+                                                      measured["engines"][engine.key])
     finally:
         bar.close()
-    add_ratios(results["rows"])
     results["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     results["machine"]["load_after"] = load_average()
     return results
@@ -125,16 +141,6 @@ def write_inputs(workload, batches: list[int]) -> dict[str, str]:
         np.save(path, rng.standard_normal((batch, *workload.input_chw), dtype=np.float32))
         paths[str(batch)] = str(path)
     return paths
-
-
-def add_ratios(rows: list[dict]) -> None:
-    """Each measured row's median latency divided by ivit-tvm's (same model and batch)."""
-    reference = {(r["model"], r["batch"]): r["median_ms"] for r in rows
-                 if r["engine"] == REFERENCE and r["status"] == "ok"}
-    for row in rows:
-        ref = reference.get((row["model"], row["batch"]))
-        row["ratio_to_reference"] = (row["median_ms"] / ref
-                                     if row["status"] == "ok" and ref else None)
 
 
 def _prepare(engine, workload, settings) -> tuple[dict | None, str]:
@@ -160,9 +166,7 @@ def _measured_rows(spec: ModelSpec, engine, batches, prepared: dict, measured: d
                     "weights_mib": prepared["weights_bytes"] / 2**20,
                     "prepare_s": prepared["seconds"], "load_s": measured.get("load_s"),
                     "rss_after_imports_mib": measured.get("rss_after_imports_mib"),
-                    "notes": prepared["notes"], "prepare_details": prepared["extra"],
-                    "waited_for_quiet_s": round(measured["waited_s"], 1),
-                    "other_load": measured.get("other_load")})
+                    "notes": prepared["notes"], "prepare_details": prepared["extra"]})
         rows.append(row)
     return rows
 
@@ -189,4 +193,4 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
 
 
-__all__ = ["Plan", "add_ratios", "run_benchmark", "thread_env", "write_inputs"]
+__all__ = ["Plan", "run_benchmark", "thread_env", "write_inputs"]

@@ -1,11 +1,13 @@
 """ivit-bench: `--quick` on a tiny DeiT gives a complete, well-formed table, JSON and plot for
-the CPU engines (speed is not checked), and engines that cannot run are skipped, not fatal."""
+the CPU engines (speed is not checked), and engines that cannot run are skipped, not fatal.
+The interleaved rounds (order, per-round ratios, flagged rounds) are checked on fake timings."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,19 @@ from click.testing import CliRunner
 from ivit_tvm.benchmarks.cli import RESULTS_ROOT, bench_cmd
 from ivit_tvm.benchmarks.engines import CPU_ENGINES, REFERENCE
 from ivit_tvm.benchmarks.engines.base import Engine
-from ivit_tvm.benchmarks.harness import measure
-from ivit_tvm.benchmarks.report import COLUMNS
+from ivit_tvm.benchmarks.harness import (
+    CONTENDED_CORES,
+    MIN_REPEATS,
+    WorkerError,
+    _batch_rows,
+    calibrate,
+    round_count,
+    round_orders,
+    round_ratios,
+    run_rounds,
+    time_sample,
+)
+from ivit_tvm.benchmarks.report import COLUMNS, markdown
 from ivit_tvm.benchmarks.workload import parse_model
 
 TIMING_FIELDS = ("median_ms", "p25_ms", "p75_ms", "iqr_ms", "min_ms", "images_per_s")
@@ -69,12 +82,26 @@ def test_every_engine_has_a_row_for_every_batch(results):
     assert {(r["engine"], r["batch"]) for r in results["rows"]} == {(k, 1) for k in keys}
 
 
-def test_ratios_are_relative_to_ivit_tvm(results):
+def test_ratios_are_per_round_relative_to_ivit_tvm(results):
     rows = {r["engine"]: r for r in results["rows"] if r["status"] == "ok"}
-    reference = rows[REFERENCE]["median_ms"]
+    reference = rows[REFERENCE]["samples_ms"]
     assert rows[REFERENCE]["ratio_to_reference"] == 1.0
+    assert rows[REFERENCE]["ratio_min"] == rows[REFERENCE]["ratio_max"] == 1.0
     for row in rows.values():
-        assert math.isclose(row["ratio_to_reference"], row["median_ms"] / reference)
+        assert len(row["samples_ms"]) == len(reference) == row["repeats"] >= MIN_REPEATS
+        per_round = [mine / ref for mine, ref in zip(row["samples_ms"], reference, strict=True)]
+        assert math.isclose(row["ratio_to_reference"], statistics.median(per_round))
+        assert row["ratio_min"] <= row["ratio_p25"] <= row["ratio_to_reference"]
+        assert row["ratio_to_reference"] <= row["ratio_p75"] <= row["ratio_max"]
+
+
+def test_rounds_are_recorded_with_the_other_processes_cpu(results):
+    (info,) = results["rounds"]
+    measured = [r for r in results["rows"] if r["status"] == "ok"]
+    assert sorted(info["order"]) == sorted(r["engine"] for r in measured)
+    assert len(info["other_cores"]) == measured[0]["repeats"]
+    assert info["contended"] == [i for i, c in enumerate(info["other_cores"])
+                                 if c >= CONTENDED_CORES]
 
 
 def test_markdown_table_has_every_column_and_engine(quick_run, results):
@@ -82,6 +109,7 @@ def test_markdown_table_has_every_column_and_engine(quick_run, results):
     text = (folder / "results.md").read_text()
     assert result.stdout == text
     header = "| " + " | ".join(COLUMNS) + " |"
+    assert {"latency / ivit-tvm", "ratio IQR", "ratio min-max"} <= set(COLUMNS)
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert table[0] == header and set(table[1]) <= set("|-:")
     assert all(len(re.findall(r"(?<!\\)\|", line)) == len(COLUMNS) + 1 for line in table)
@@ -137,9 +165,84 @@ def test_bad_model_spec_is_a_value_error(text):
         parse_model(text)
 
 
-def test_measure_reports_quartiles_of_at_least_three_samples():
+def test_calibration_groups_short_calls_into_one_sample():
     calls = []
-    stats = measure(lambda: calls.append(1), batch=4, warmup=2, repeats=5, budget_s=0.0)
-    assert stats["repeats"] == 3 and stats["calls_per_sample"] >= 1
-    assert stats["p25_ms"] <= stats["median_ms"] <= stats["p75_ms"]
-    assert len(calls) == 2 + 1 + 3 * stats["calls_per_sample"]
+    single_ms, number = calibrate(lambda: calls.append(1), warmup=2)
+    assert len(calls) == 3 and single_ms > 0 and number >= 1
+    assert time_sample(lambda: calls.append(1), number) > 0 and len(calls) == 3 + number
+
+
+def test_round_order_alternates():
+    orders = round_orders(["A", "B", "C", "D"], 5)
+    assert ["".join(o) for o in orders] == ["ABCD", "DCBA", "ABCD", "DCBA", "ABCD"]
+    assert round_orders(["A"], 2) == [["A"], ["A"]]
+
+
+def test_round_count_fits_the_slowest_engine_into_the_budget():
+    assert round_count([10.0, 500.0], repeats=30, budget_s=5.0) == 10
+    assert round_count([10.0, 20.0], repeats=30, budget_s=5.0) == 30
+    assert round_count([10_000.0], repeats=30, budget_s=5.0) == MIN_REPEATS
+
+
+def test_ratio_is_exact_when_the_machine_drifts_alike_for_every_engine():
+    """Absolute times drift 2x over the rounds; engine A is twice as slow as the reference in
+    every round: its per-round ratio is exactly 2 with no spread, though its latency spreads."""
+    drift = [1.0, 1.25, 1.5, 2.0, 1.75, 1.0]
+    samples = {"ref": [10.0 * d for d in drift], "A": [20.0 * d for d in drift],
+               "B": [5.0 * d for d in drift]}
+    assert round_ratios(samples, "ref") == {"ref": [1.0] * 6, "A": [2.0] * 6, "B": [0.5] * 6}
+    engines = {key: {"batches": {"1": {"status": "ok", "calls_per_sample": 1}}}
+               for key in samples}
+    result = {"orders": round_orders(list(samples), 6), "samples": samples, "failed": {},
+              "other_cores": [0.0, 0.0, 1.5, 0.0, 0.3, 0.0]}
+    info = _batch_rows(engines, 1, result, "ref", waited=0.0)
+    row = engines["A"]["batches"]["1"]
+    assert row["ratio_to_reference"] == row["ratio_min"] == row["ratio_max"] == 2.0
+    assert row["ratio_p25"] == row["ratio_p75"] == 2.0
+    assert row["max_ms"] == 2 * row["min_ms"]  # the drift shows in the latency, not the ratio
+    assert engines["B"]["batches"]["1"]["ratio_to_reference"] == 0.5
+    assert info["contended"] == [2, 4] and row["other_load"]["contended_rounds"] == 2
+
+
+class FakeWorker:
+    """Answers sample requests from a list of per-round times; records the order asked."""
+
+    def __init__(self, key: str, times: list[float], log: list[str], fail_at: int | None = None):
+        self.key, self.times, self.log, self.fail_at = key, list(times), log, fail_at
+
+    def request(self, message: dict, timeout: float) -> dict:
+        self.log.append(self.key)
+        if self.fail_at is not None and len(self.log) > self.fail_at:
+            raise WorkerError("measuring process failed: boom")
+        return {"ms": self.times.pop(0)}
+
+
+def test_run_rounds_asks_engines_in_alternating_order_and_drops_a_failed_one():
+    log: list[str] = []
+    workers = {"A": FakeWorker("A", [1, 2, 3], log), "B": FakeWorker("B", [2, 4, 6], log),
+               "C": FakeWorker("C", [5, 5, 5], log, fail_at=4)}
+    result = run_rounds(workers, 1, {"A": 1.0, "B": 1.0, "C": 1.0},
+                        {"repeats": 3, "budget_s": 10.0}, settle_s=0.0)
+    assert log[:6] == ["A", "B", "C", "C", "B", "A"]
+    assert result["samples"] == {"A": [1, 2, 3], "B": [2, 4, 6]}
+    assert result["failed"] == {"C": "measuring process failed: boom"}
+    assert round_ratios(result["samples"], "A")["B"] == [2.0, 2.0, 2.0]
+
+
+def test_markdown_flags_contended_rounds():
+    drift = [1.0, 2.0, 1.5]
+    row = {"model": "m", "model_label": "M", "engine": REFERENCE, "engine_label": "ivit-tvm",
+           "batch": 1, "status": "ok", "weights_mib": 1.0, "notes": ""}
+    engines = {REFERENCE: {"batches": {"1": {"status": "ok"}}}}
+    info = _batch_rows(engines, 1, {"orders": [[REFERENCE]] * 3, "failed": {},
+                                    "samples": {REFERENCE: drift},
+                                    "other_cores": [0.0, 0.9, 0.0]}, REFERENCE, 0.0)
+    results = {"quick": True, "date": "d", "models": [{"key": "m", "label": "M"}],
+               "machine": {"slug": "s", "cpu": "c", "cores": 2, "load_before": [0.0]},
+               "settings": {"threads": 2, "mcpu": "x", "warmup": 1, "repeats": 3,
+                            "budget_s": 1.0},
+               "rows": [{**row, **engines[REFERENCE]["batches"]["1"]}],
+               "rounds": [{"model": "m", "batch": 1, **info}]}
+    text = markdown(results)
+    assert "ok (others busy in 1 of 3 rounds)" in text
+    assert "- M, batch 1: rounds 2 (0.90 cores) of 3" in text
