@@ -1,14 +1,18 @@
 """Prepare .gpu_carry/ here (no GPU needed) for benchmarks/gpu/run.sh on the GPU machine.
 
-    .venv/bin/python -m benchmarks.gpu.prepare [--arch sm_90]
+    .venv/bin/python -m ivit_tvm.benchmarks.gpu.prepare [--arch sm_90] [--models ...]
 
 Writes, into .gpu_carry/ (ignored by git through its own .gitignore):
 - tvm_runtime.tar.gz: the TVM runtime for Python 3.12 (libtvm_runtime, its CUDA library,
   tvm-ffi, the Python sources; no compiler), cut from the PyPI wheels, plus libcudart.so.13;
 - <model>.so: CUDA artifacts (kernels compiled to SASS + PTX for --arch, weights inside);
-- <model>_ref.npz: float images and PyTorch's integer logits (forward_integer) per batch;
+- <model>_ref.npz: PyTorch's integer logits (forward_integer) per batch; the images come from
+  a seed on both machines (inputs.seeded_images), so batch 32 costs no carried bytes;
+- gemms.so: the four DeiT-S GEMMs (dense + bias + requantize, as fused in the model) at
+  M = batch x 197 tokens, for the GEMM-vs-cuBLASLt comparison;
 - manifest.json: what is there, for check.py and bench.py.
-Models: reduced DeiT and Swin (correctness) and DeiT-S (correctness at batch 2, timing).
+Models: reduced DeiT and Swin (correctness at batch 1, 3, 32), DeiT-S (correctness at 1, 3, 32,
+timing) and Swin-T (correctness at 1, 3, timing).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .inputs import image_seed, seeded_images, seeded_int8
+
 REPO = Path(__file__).resolve().parents[2]
 CARRY = REPO / ".gpu_carry"
 WHEEL_CACHE = Path.home() / ".cache" / "ivit-tvm" / "wheels"  # downloads, outside the carry
@@ -35,14 +41,19 @@ SKIP_PREFIXES = ("tvm/3rdparty/", "tvm/src/", "tvm/include/", "tvm/web/", "tvm_f
                  "tvm_ffi/include/", "tvm_ffi/src/", "tvm_ffi/cython/")
 CARRY_BUDGET_MIB = 40
 
-# name -> (create_model name, overrides, batches with references, kind)
+# name -> (model_config name, overrides, batches with references)
 MODELS = {
     "deit_reduced": ("deit_tiny", dict(img_size=32, patch_size=8, depth=2, num_classes=10),
-                     (1, 3)),
+                     (1, 3, 32)),
     "swin_reduced": ("swin_tiny", dict(img_size=32, depths=(2, 2), num_heads=(3, 6),
-                                       embed_dim=48, window_size=4, num_classes=10), (1, 3)),
-    "deit_small": ("deit_small", {}, (2,)),
+                                       embed_dim=48, window_size=4, num_classes=10), (1, 3, 32)),
+    "deit_small": ("deit_small", {}, (1, 3, 32)),
+    "swin_tiny": ("swin_tiny", {}, (1, 3)),
 }
+# DeiT-S's GEMMs: name -> (K, N); M = batch x 197 tokens
+DEIT_S_GEMMS = {"qkv": (384, 1152), "proj": (384, 384), "fc1": (384, 1536), "fc2": (1536, 384)}
+GEMM_BATCH = 32
+DEIT_TOKENS = 197
 
 
 def log(message: str) -> None:
@@ -112,19 +123,17 @@ def write_runtime_tarball(path: Path) -> dict:
 
 
 # ---- models, artifacts, references ------------------------------------------------------
-def references(model, batches, seed: int = 1) -> dict[str, np.ndarray]:
-    """Float images and PyTorch's integer logits per batch size."""
+def references(name: str, model, batches) -> dict[str, np.ndarray]:
+    """PyTorch's integer logits per batch size, on the seeded images (inputs.py)."""
     import torch
 
     cfg = model.config
-    generator = torch.Generator().manual_seed(seed)
     arrays = {}
     with torch.no_grad():
         for batch in batches:
-            images = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size,
-                                 generator=generator)
-            logits = model.forward_integer(images)[0]
-            arrays[f"images_b{batch}"] = images.numpy().astype(np.float32)
+            shape = (batch, cfg.in_chans, cfg.img_size, cfg.img_size)
+            images = torch.from_numpy(seeded_images(image_seed(name, batch), shape))
+            logits = model.forward_integer(images)[0]  # (B, classes)
             arrays[f"logits_b{batch}"] = logits.numpy().astype(np.int32)
     return arrays
 
@@ -142,7 +151,7 @@ def prepare_model(name: str, arch: str, out: Path) -> dict:
     model = random_calibrated(model_config(model_name, **overrides))
     log(f"{name}: model ready ({time.time() - started:.0f} s)")
     result = from_model(model)
-    refs = references(model, batches)
+    refs = references(name, model, batches)
     np.savez(out / f"{name}_ref.npz", **refs)
     log(f"{name}: references for batches {list(batches)} ({time.time() - started:.0f} s)")
     build_started = time.time()
@@ -157,10 +166,53 @@ def prepare_model(name: str, arch: str, out: Path) -> dict:
     }
 
 
+def gemm_module(batch: int = GEMM_BATCH):
+    """A Relax module with one function per DeiT-S GEMM: (M, K) int8 -> (M, N) int8, where
+    M = batch x 197, the weights (N, K) int8 and bias (N,) int32 constants, and the requantize
+    fused after it as in the model. Returns (module, {name: (M, K, N)})."""
+    from tvm import relax
+
+    from ivit_tvm import ops
+
+    bb = relax.BlockBuilder()
+    shapes = {}
+    m = batch * DEIT_TOKENS
+    for index, (name, (k, n)) in enumerate(DEIT_S_GEMMS.items()):
+        weight_q = seeded_int8(100 + index, (n, k))  # (N, K) int8
+        bias_q = seeded_int8(200 + index, (n,)).astype(np.int32) * 64  # (N,) int32
+        x = relax.Var("q_x", relax.TensorType((m, k), "int8"))
+        with bb.function(f"gemm_{name}", [x]):
+            with bb.dataflow():
+                acc = bb.emit_te(ops.integer_dense, x, relax.const(weight_q),
+                                 relax.const(bias_q), primfunc_name_hint=f"dense_{name}")
+                out = bb.emit_te(ops.requantize, acc, multiplier=1 << 14, shift=22, bits=8,
+                                 primfunc_name_hint=f"requantize_{name}")
+                result = bb.emit_output(out)
+            bb.emit_func_output(result)
+        shapes[name] = (m, k, n)
+    return bb.get(), shapes
+
+
+def prepare_gemms(arch: str, out: Path) -> dict:
+    from ivit_tvm.schedules.cuda.export import export_cuda_library
+    from ivit_tvm.schedules.targets import cuda_target
+
+    started = time.time()
+    mod, shapes = gemm_module()
+    info = export_cuda_library(mod, cuda_target(arch), out / "gemms.so")
+    log(f"gemms: {info.path.name} {info.size_bytes / 2**20:.1f} MiB "
+        f"({time.time() - started:.0f} s)")
+    return {"name": "gemms", "status": "ok", "file": info.path.name, "arch": arch,
+            "shapes": {name: list(shape) for name, shape in shapes.items()},
+            "input_seed": 7, "bytes": info.size_bytes}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_90", help='GPU arch, "sm_90" for the H200')
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--no-gemms", dest="gemms", action="store_false",
+                        help="skip the DeiT-S GEMM library (gemms.so)")
     args = parser.parse_args(argv)
 
     if CARRY.exists():
@@ -179,6 +231,13 @@ def main(argv=None) -> int:
             log(f"{name}: NOT PREPARED: {type(error).__name__}: {error}")
             manifest["models"][name] = {"name": name, "status": "not prepared",
                                         "error": f"{type(error).__name__}: {error}"[:2000]}
+    if args.gemms:
+        try:
+            manifest["gemms"] = prepare_gemms(args.arch, CARRY)
+        except Exception as error:
+            log(f"gemms: NOT PREPARED: {type(error).__name__}: {error}")
+            manifest["gemms"] = {"name": "gemms", "status": "not prepared",
+                                 "error": f"{type(error).__name__}: {error}"[:2000]}
     (CARRY / "manifest.json").write_text(json.dumps(manifest, indent=2))
     total = sum(f.stat().st_size for f in CARRY.iterdir() if f.is_file())
     log(f".gpu_carry: {total / 2**20:.1f} MiB in {len(list(CARRY.iterdir()))} files")

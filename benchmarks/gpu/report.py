@@ -39,28 +39,63 @@ def markdown(results: dict) -> str:
         lines.append(f"- {name}: {reason.strip().splitlines()[-1] if reason else '?'}")
     if check.get("missing"):
         lines.append(f"- no check results ({check['missing']})")
+    for row in check.get("gemms", []):
+        lines.append(f"- GEMM {row['gemm']} {row['shape_mkn']} vs torch._int_mm + requantize: "
+                     f"bit-exact {row['bit_exact']} ({row['mismatches']} mismatches)")
     lines.append("")
 
     bench = results.get("bench") or {}
-    lines += [f"## Latency: {bench.get('model', 'DeiT-S')}", ""]
-    rows = bench.get("results", [])
-    if rows:
-        batches = sorted({row["batch"] for row in rows})
-        variants = list(dict.fromkeys(row["variant"] for row in rows))
-        table = {(row["variant"], row["batch"]): row for row in rows}
-        lines += ["median ms per call (images/s)", "",
-                  "| variant | " + " | ".join(f"batch {b}" for b in batches) + " |",
-                  "| --- |" + " --- |" * len(batches)]
-        for variant in variants:
-            cells = [_cell(table.get((variant, b))) for b in batches]
-            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-        if bench.get("torch"):
-            lines += ["", f"torch: {bench['torch']}"]
+    lines += _latency(bench.get("results", [])) + _gemms(bench.get("gemms", []))
+    if bench.get("torch"):
+        lines += [f"torch: {bench['torch']}", ""]
     for name, error in bench.get("errors", {}).items():
         lines.append(f"- {name} failed: {error.strip().splitlines()[-1]}")
     if bench.get("missing"):
         lines.append(f"- no benchmark results ({bench['missing']})")
     return "\n".join(lines) + "\n"
+
+
+def _latency(rows: list[dict]) -> list[str]:
+    """Per model: median ms (images/s) per engine and batch, and ivit-tvm's speedup."""
+    lines = []
+    for model in dict.fromkeys(row["model"] for row in rows):
+        mine = [row for row in rows if row["model"] == model]
+        batches = sorted({row["batch"] for row in mine})
+        engines = list(dict.fromkeys(row["engine"] for row in mine))
+        table = {(row["engine"], row["batch"]): row for row in mine}
+        lines += [f"## Latency: {model} (median ms per call, images/s; rounds alternate)", "",
+                  "| engine | " + " | ".join(f"batch {b}" for b in batches) + " |",
+                  "| --- |" + " --- |" * len(batches)]
+        for engine in engines:
+            cells = [_cell(table.get((engine, b))) for b in batches]
+            lines.append(f"| {engine} | " + " | ".join(cells) + " |")
+        for engine in engines:
+            if engine == "ivit-tvm-int8":
+                continue
+            ratios = [_ratio(table.get((engine, b)), table.get(("ivit-tvm-int8", b)))
+                      for b in batches]
+            lines.append(f"| ivit-tvm speedup vs {engine} | " + " | ".join(ratios) + " |")
+        lines.append("")
+    return lines
+
+
+def _gemms(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## DeiT-S GEMMs: ivit-tvm (with its fused requantize) vs cuBLASLt int8", "",
+             "| GEMM | M x K x N | engine | median ms | TOPS | of int8 TC peak |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        peak = "-" if row.get("peak_fraction") is None else f"{row['peak_fraction']:.0%}"
+        lines.append(f"| {row['gemm']} | {row['m']} x {row['k']} x {row['n']} | "
+                     f"{row['engine']} | {row['median_ms']:.4f} | {row['tops']} | {peak} |")
+    return lines + [""]
+
+
+def _ratio(other: dict | None, mine: dict | None) -> str:
+    if other is None or mine is None:
+        return "-"
+    return f"{other['median_ms'] / mine['median_ms']:.2f}x"
 
 
 def _cell(row: dict | None) -> str:
