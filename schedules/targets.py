@@ -20,6 +20,16 @@ CUDA_ARCH_FORMS = '"sm_XY" with compute capability X.Y, e.g. "sm_80", "sm_86", "
 MIN_CUDA_ARCH = 61  # dp4a needs sm_61+
 VNNI_FEATURE = "avx512vnni"  # vpdpbusd/vpdpwssd on 512-bit vectors
 VECTOR_FEATURES = (("avx512bw", 64), ("avx2", 32))  # widest integer vector, in bytes; else 16
+# The integer dot-product ISA the CPU GEMMs use (schedules.cpu.isa), best first: the first
+# whose LLVM features the target has. "avx512vnni": vpdpbusd/vpdpwssd on zmm; "avxvnni": the
+# VEX-encoded ones on ymm (Alder Lake and later without AVX-512); "avx2": vpmaddwd on operands
+# widened to int16; "generic": vectorized loops.
+ISA_FEATURES = (
+    ("avx512vnni", ("avx512vnni", "avx512bw")),
+    ("avxvnni", ("avxvnni", "avx2")),
+    ("avx2", ("avx2",)),
+)
+GENERIC_ISA = "generic"
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,7 @@ class Capabilities:
 
     vnni: bool = False  # llvm: AVX512-VNNI (the int8 GEMMs use vpdpbusd/vpdpwssd)
     vector_bytes: int = 16  # llvm: widest integer vector register (64 AVX-512, 32 AVX2)
+    isa: str = GENERIC_ISA  # llvm: the GEMMs' dot-product ISA (ISA_FEATURES), e.g. "avx2"
     cuda_arch: str | None = None  # cuda: "sm_XY"
     cuda_driver: bool = False  # cuda: a driver (libcuda.so.1) is loaded here: nvcc in process
 
@@ -110,10 +121,15 @@ def local_cuda_arch() -> str:
 
 
 def llvm_capabilities(target: tvm.target.Target) -> Capabilities:
-    """VNNI and the vector width of an llvm target's mcpu/mattr."""
-    vnni = bool(codegen.target_has_features(VNNI_FEATURE, target))
-    width = next((w for f, w in VECTOR_FEATURES if codegen.target_has_features(f, target)), 16)
-    return Capabilities(vnni=vnni, vector_bytes=width)
+    """VNNI, the vector width and the GEMMs' ISA of an llvm target's mcpu/mattr."""
+
+    def has(feature: str) -> bool:
+        return bool(codegen.target_has_features(feature, target))
+
+    vnni = has(VNNI_FEATURE)
+    width = next((w for f, w in VECTOR_FEATURES if has(f)), 16)
+    isa = next((name for name, needs in ISA_FEATURES if all(map(has, needs))), GENERIC_ISA)
+    return Capabilities(vnni=vnni, vector_bytes=width, isa=isa)
 
 
 def cuda_capabilities(target: tvm.target.Target) -> Capabilities:

@@ -1,4 +1,4 @@
-"""Attention's batch matmuls on VNNI: runtime operand packing spliced into the fused kernel.
+"""Attention's batch matmuls on VNNI / AVX2: runtime operand packing spliced into the fused kernel.
 
 A fused kernel's `batch_matmul_acc` block (ops.integer_batch_matmul, with its requantize
 epilogue) whose operands share their batch axes and have static matrix extents is replaced
@@ -7,13 +7,23 @@ epilogue) whose operands share their batch axes and have static matrix extents i
 - q @ k^T, int8 x int8 (transpose_b): the dense's trick per head,
       acc[i, j] = sum_c (q[i, c] + 128) * k[j, c]   (vpdpbusd, k packed [T/16, d/4, 16, 4])
       out[i, j] = acc[i, j] - 128 * sum_c k[j, c]
-- probabilities @ v, int16 (or int8) x int8: vpdpwssd on int16 pairs,
+  or, where the ISA has no uint8 x int8 instruction (AVX2: vpmaddwd), both widened to int16,
+      out[i, j] = sum_c q[i, c] * k[j, c]           (k widened, packed [T/16, d/2, 16, 2])
+- probabilities @ v, int16 (or int8) x int8: vpdpwssd / vpmaddwd on int16 pairs,
       out[i, n] = sum_j p[i, j] * v[j, n]           (v widened, packed [d/16, T/2, 16, 2])
+
+Exact: one operand of every product was int8, so |a * b| <= 2^15 * 2^7 and a vpmaddwd /
+vpdpwssd pair sum (< 2^23) never wraps; the int32 accumulation is ops.integer_batch_matmul's
+own. In the model p is Shiftmax's output, 0 <= p <= 2^15 - 1 (docs/semantics.md: y =
+(e * f) >> 16 with e * f <= 2^31 - 1), so sum_j p * v stays below 2^31 for T2 < 512 even at
+the extremes (and a row's probabilities sum to about 2^15: no bound on T2 there). q @ k^T
+widened: a pair sum is at most 2^15.
 
 Both pad rows to the register block (gemm.choose_tile) and K to whole groups inside the
 kernel (clamped reads, zero-filled packed operand), so any token count works (197, 49, 1).
 Each head's packing runs on the thread that then multiplies it. Batch matmuls of other forms,
-and all of them on CPUs without VNNI, keep the plain schedule below (`schedule_batch_matmul`).
+and all of them on CPUs without these instructions (isa "generic"), keep the plain schedule
+below (`schedule_batch_matmul`).
 """
 
 from __future__ import annotations
@@ -27,13 +37,15 @@ from ivit_tvm.ops.tir_query import find_block
 
 from .dense import MAX_REDUCE
 from .gemm import choose_tile, tile_gemm
+from .isa import SHIFT, GemmPath
 from .splice import rebuild, splice
-from .vnni import K_GROUP, K_GROUP_I16, LANES, VNNI_I16_INTRIN, register
+from .vnni import K_GROUP, K_GROUP_I16, LANES
 
 MATMUL_BLOCK = names.BATCH_MATMUL_ACC_BLOCK  # ops.integer_batch_matmul's reduction
 QK_BLOCKS = ("qk_shift", "qk_pack", "qk_acc")  # qk_sum (read by the epilogue) is generic
+QK16_BLOCKS = ("qk_widen", "qk_pack16", "qk16_acc")  # the widened (int16) form
 PV_BLOCKS = ("pv_pad", "pv_pack", "pv_acc")
-SHIFT = 128
+KIND_BLOCKS = {"qk": QK_BLOCKS, "qk16": QK16_BLOCKS, "pv": PV_BLOCKS}
 
 
 def _ceil(value: int, multiple: int) -> int:
@@ -45,11 +57,12 @@ def _static(*extents) -> list[int]:
 
 
 # ---- compute definitions -----------------------------------------------------------------------
-def packed_qk(q: te.Tensor, k: te.Tensor) -> te.Tensor:
-    """q (..., T, d) int8 @ k (..., T2, d)^T int8 -> (..., T, T2) int32 (see the module)."""
+def packed_qk(q: te.Tensor, k: te.Tensor, vector_bytes: int = 64) -> te.Tensor:
+    """q (..., T, d) int8 @ k (..., T2, d)^T int8 -> (..., T, T2) int32, uint8 x int8 (see the
+    module)."""
     *batch, rows, depth = q.shape
     rows, depth, cols = _static(rows, depth, k.shape[-2])
-    tile = choose_tile(_ceil(cols, LANES) // LANES, K_GROUP)
+    tile = choose_tile(_ceil(cols, LANES) // LANES, K_GROUP, vector_bytes)
     rows_p, depth_p, cols_p = _ceil(rows, tile.rows), _ceil(depth, K_GROUP), _ceil(cols, LANES)
 
     def shifted(*index):
@@ -92,11 +105,51 @@ def packed_qk(q: te.Tensor, k: te.Tensor) -> te.Tensor:
     )  # (..., T, T2) int32
 
 
-def packed_pv(p: te.Tensor, v: te.Tensor) -> te.Tensor:
+def packed_qk16(q: te.Tensor, k: te.Tensor, vector_bytes: int = 32) -> te.Tensor:
+    """q (..., T, d) int8 @ k (..., T2, d)^T int8 -> (..., T, T2) int32, both widened to int16
+    (see the module)."""
+    *batch, rows, depth = q.shape
+    rows, depth, cols = _static(rows, depth, k.shape[-2])
+    tile = choose_tile(_ceil(cols, LANES) // LANES, K_GROUP_I16, vector_bytes)
+    rows_p, depth_p = _ceil(rows, tile.rows), _ceil(depth, K_GROUP_I16)
+    cols_p = _ceil(cols, LANES)
+
+    def widened(*index):  # values past d meet zeros in k_packed
+        *b, i, c = index
+        return q[(*b, tirx.min(i, rows - 1), tirx.min(c, depth - 1))].astype("int16")
+
+    def packed(*index):
+        *b, jt, ct, ji, ci = index
+        j, c = jt * LANES + ji, ct * K_GROUP_I16 + ci
+        value = k[(*b, tirx.min(j, cols - 1), tirx.min(c, depth - 1))].astype("int16")
+        return tirx.if_then_else(tirx.all(j < cols, c < depth), value, tirx.const(0, "int16"))
+
+    q_16 = te.compute((*batch, rows_p, depth_p), widened, name="qk_widen")  # int16
+    k_packed = te.compute(
+        (*batch, cols_p // LANES, depth_p // K_GROUP_I16, LANES, K_GROUP_I16), packed,
+        name="qk_pack16",
+    )  # int16, zero padded
+    r = te.reduce_axis((0, depth_p), name="r")
+    acc = te.compute(
+        (*batch, rows_p, cols_p),
+        lambda *index: te.sum(
+            q_16[(*index[:-1], r)].astype("int32")
+            * k_packed[
+                (*index[:-2], index[-1] // LANES, r // K_GROUP_I16, index[-1] % LANES,
+                 r % K_GROUP_I16)
+            ].astype("int32"),
+            axis=r,
+        ),
+        name="qk16_acc",
+    )  # (..., Tp, T2p) int32
+    return te.compute((*batch, rows, cols), lambda *index: acc[index], name="qk_out")
+
+
+def packed_pv(p: te.Tensor, v: te.Tensor, vector_bytes: int = 64) -> te.Tensor:
     """p (..., T, T2) int16/int8 @ v (..., T2, d) int8 -> (..., T, d) int32 (see the module)."""
     *batch, rows, reduce = p.shape
     rows, reduce, cols = _static(rows, reduce, v.shape[-1])
-    tile = choose_tile(_ceil(cols, LANES) // LANES, K_GROUP_I16)
+    tile = choose_tile(_ceil(cols, LANES) // LANES, K_GROUP_I16, vector_bytes)
     rows_p, cols_p = _ceil(rows, tile.rows), _ceil(cols, LANES)
     reduce_p = _ceil(reduce, K_GROUP_I16)
 
@@ -133,10 +186,11 @@ def packed_pv(p: te.Tensor, v: te.Tensor) -> te.Tensor:
 
 
 # ---- the rewrite --------------------------------------------------------------------------------
-def matmul_kind(func: tirx.PrimFunc) -> str | None:
-    """"qk" / "pv" when func's batch_matmul_acc block is one this module packs, else None."""
+def matmul_kind(func: tirx.PrimFunc, path: GemmPath) -> str | None:
+    """"qk" / "qk16" / "pv" when func's batch_matmul_acc block is one this module packs on
+    `path` (qk: uint8 x int8 instruction, qk16: int16 pairs only), else None."""
     block = find_block(func, MATMUL_BLOCK)
-    if block is None or len(block.reads) != 2:
+    if block is None or len(block.reads) != 2 or path.s16s16 is None:
         return None
     a, b = (region.source.ty for region in block.reads)
     if len(a.shape) != len(b.shape) or len(a.shape) < 3:
@@ -150,36 +204,39 @@ def matmul_kind(func: tirx.PrimFunc) -> str | None:
     transposed = expr_deep_equal(block.reads[1].region[-1].min, block.iter_vars[-1].var)
     dtypes = (str(a.dtype), str(b.dtype))
     if transposed and dtypes == ("int8", "int8") and int(a.shape[-1]) <= MAX_REDUCE:
-        return "qk"
+        return "qk" if path.u8s8 else "qk16"
     if not transposed and dtypes in (("int16", "int8"), ("int8", "int8")):
         return "pv"
     return None
 
 
-def rewrite_matmul(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:
-    """func with its batch_matmul_acc computed by packed_qk / packed_pv."""
+def rewrite_matmul(func: tirx.PrimFunc, kind: str, vector_bytes: int = 64) -> tirx.PrimFunc:
+    """func with its batch_matmul_acc computed by packed_qk / packed_qk16 / packed_pv."""
     block = find_block(func, MATMUL_BLOCK)
     operands = [region.source for region in block.reads]
-    compute = packed_qk if kind == "qk" else packed_pv
-    body, _ = splice(func, MATMUL_BLOCK, compute, operands, block.writes[0].source)
+    compute = {"qk": packed_qk, "qk16": packed_qk16, "pv": packed_pv}[kind]
+    body, _ = splice(
+        func, MATMUL_BLOCK, lambda a, b: compute(a, b, vector_bytes), operands,
+        block.writes[0].source,
+    )
     return rebuild(func, func.params, body)
 
 
 # ---- schedules ----------------------------------------------------------------------------------
-def schedule_packed_attention(sch: Schedule, kind: str) -> None:
-    """The rewritten qk / pv kernel: per head, pack on the thread, then the tiled VNNI GEMM.
+def schedule_packed_attention(sch: Schedule, kind: str, path: GemmPath) -> None:
+    """The rewritten qk / qk16 / pv kernel: per head, pack on the thread, then the tiled GEMM
+    on the path's intrinsic for the packed operand's dtype.
 
-    (Without VNNI the pipeline keeps the plain batch matmul: a vectorized loop over these
+    (On isa "generic" the pipeline keeps the plain batch matmul: a vectorized loop over these
     packed operands is 2-4x slower than schedule_batch_matmul's.)"""
-    *prologue, acc_name = QK_BLOCKS if kind == "qk" else PV_BLOCKS
+    *prologue, acc_name = KIND_BLOCKS[kind]
     acc = sch.get_sblock(acc_name)
     n_tiles = int(sch.get(sch.get_loops(acc)[-2]).extent) // LANES
-    if kind == "qk":
-        group, intrin = K_GROUP, register()
-    else:
-        group, intrin = K_GROUP_I16, register(VNNI_I16_INTRIN)
+    operand, packed = (region.source.ty for region in sch.get(acc).reads)
+    group, intrin = int(packed.shape[-1]), path.intrinsic(str(operand.dtype))
     stages = tuple(sch.get_sblock(name) for name in prologue)
-    for stage in tile_gemm(sch, acc, choose_tile(n_tiles, group), intrin, prologue=stages):
+    tile = choose_tile(n_tiles, group, path.vector_bytes)
+    for stage in tile_gemm(sch, acc, tile, intrin, prologue=stages):
         *outer, inner = sch.get_loops(stage)  # could not move under the head loop
         sch.parallel(sch.fuse(*outer))
         sch.vectorize(inner)

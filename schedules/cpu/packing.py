@@ -3,10 +3,11 @@
 After FuseOps/FuseTIR the pass finds each fused kernel's `dense_acc` block (ops.integer_dense's
 GEMM, fused with its bias/requantize epilogue by FuseOps or by relay_passes.FuseRequantize)
 whose weight is a constant (N, K) int8 argument. The call gets the weight packed as
-[Np/16, Kp/g, 16, g] (Np, Kp: N and K rounded up to 16 and g, zero-filled; g = 4 for vpdpbusd,
-1 without VNNI) and a new per-channel constant corr[n] = -128 * sum_k W[n, k], and the block
-becomes dense.packed_dense's loop nests (schedules.cpu.splice); the epilogue blocks read
-dense_acc as before.
+[Np/16, Kp/g, 16, g] (Np, Kp: N and K rounded up to 16 and g, zero-filled; isa.GemmPath: g = 4
+int8 for vpdpbusd, 2 int16 for vpmaddwd, 1 int8 for the vectorized loop), with int8 weights a
+new per-channel constant corr[n] = -128 * sum_k W[n, k], and the block becomes
+dense.packed_dense's loop nests (schedules.cpu.splice); the epilogue blocks read dense_acc as
+before.
 """
 
 from __future__ import annotations
@@ -22,23 +23,31 @@ from tvm.ir.prim import expr_deep_equal
 from ivit_tvm.ops.tir_query import block_names, find_block, load_indices
 
 from ..targets import Capabilities
-from .dense import ACC_BLOCK, MAX_REDUCE, SHIFT, SHIFT_BLOCK, packed_dense
+from .dense import ACC_BLOCK, MAX_REDUCE, SHIFT_BLOCK, packed_dense
+from .isa import SHIFT, GemmPath, gemm_path
 from .splice import rebuild, splice
 from .vnni import K_GROUP, LANES
 
 
-def pack_weight(weight_q: np.ndarray, group: int = K_GROUP) -> tuple[np.ndarray, np.ndarray]:
-    """(N, K) int8 -> packed (Np/16, Kp/g, 16, g) int8 and corr (Np,) int32 (-128 * row sums).
+def pack_weight(
+    weight_q: np.ndarray, group: int = K_GROUP, dtype: str = "int8"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, K) int8 -> packed (Np/16, Kp/g, 16, g) `dtype` and corr (Np,) int32 (-128 * row
+    sums), or None for int16 (signed x signed: nothing to correct).
 
-    group 4 feeds vpdpbusd; group 1 (16 channels contiguous per k) the vectorized fallback.
+    group 4 int8 feeds vpdpbusd; group 2 int16 vpmaddwd; group 1 int8 (16 channels contiguous
+    per k) the vectorized loop.
     """
     n, k = weight_q.shape
     n_pad, k_pad = -n % LANES, -k % group
     padded = np.pad(weight_q.astype(np.int8), ((0, n_pad), (0, k_pad)))  # (Np, Kp) int8
     np_, kp = padded.shape
     packed = padded.reshape(np_ // LANES, LANES, kp // group, group).transpose(0, 2, 1, 3)
+    packed = np.ascontiguousarray(packed.astype(dtype))  # int8 -> int16 is exact
+    if dtype == "int16":
+        return packed, None
     corr = -SHIFT * padded.astype(np.int64).sum(axis=1)  # (Np,) |.| <= 2**14 * K
-    return np.ascontiguousarray(packed), corr.astype(np.int32)
+    return packed, corr.astype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -99,31 +108,33 @@ def _reads_as_dense(block, x: Var, weight: Var) -> bool:
 
 
 def rewrite_dense(
-    func: tirx.PrimFunc, site: DenseSite, n_inputs: int, group: int, vector_bytes: int
+    func: tirx.PrimFunc, site: DenseSite, n_inputs: int, path: GemmPath
 ) -> tirx.PrimFunc:
     """func with its dense_acc computed by packed_dense; parameters: the weight becomes the
-    packed weight (pack_weight's layout for `group`), and corr (Np,) int32 follows the inputs."""
+    packed weight (pack_weight's layout for the path), and with int8 weights corr (Np,) int32
+    follows the inputs."""
+    group, dtype = path.group, path.weight_dtype
     tiles_n, groups_k = -(-site.out_features // LANES), -(-site.reduce // group)
-    body, (packed, corr) = splice(
+    inputs = [site.x, ((tiles_n, groups_k, LANES, group), dtype, "weight_packed")]
+    if dtype == "int8":
+        inputs.append(((tiles_n * LANES,), "int32", "corr"))
+    body, (packed, *corr) = splice(
         func, ACC_BLOCK,
-        lambda x, w, c: packed_dense(x, w, c, site.out_features, vector_bytes),
-        [site.x, ((tiles_n, groups_k, LANES, group), "int8", "weight_packed"),
-         ((tiles_n * LANES,), "int32", "corr")],
-        site.acc,
+        lambda x, w, c=None: packed_dense(x, w, c, site.out_features, path.vector_bytes),
+        inputs, site.acc,
     )
     params = list(func.params)
     params[site.weight_index] = packed
-    params.insert(n_inputs, corr)
+    params[n_inputs:n_inputs] = corr
     return rebuild(func, params, body)
 
 
 @relax.expr_functor.mutator
 class _DenseRewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, group: int, vector_bytes: int):
+    def __init__(self, mod: tvm.IRModule, path: GemmPath):
         super().__init__(mod)
         self.mod_ = mod
-        self.group = group
-        self.vector_bytes = vector_bytes
+        self.path = path
         self.rewritten: dict[str, tvm.ir.GlobalVar] = {}
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -135,23 +146,25 @@ class _DenseRewriter(relax.PyExprMutator):
         site = find_dense(func) if isinstance(func, tirx.PrimFunc) else None
         if site is None or not isinstance(args[site.weight_index], Constant):
             return call
-        packed, corr = pack_weight(args[site.weight_index].value.numpy(), self.group)
+        weight = args[site.weight_index].value.numpy()
+        packed, corr = pack_weight(weight, self.path.group, self.path.weight_dtype)
         if gv.name_hint not in self.rewritten:
-            new_func = rewrite_dense(func, site, len(args), self.group, self.vector_bytes)
+            new_func = rewrite_dense(func, site, len(args), self.path)
             self.rewritten[gv.name_hint] = self.builder_.add_func(new_func, gv.name_hint)
-        args[site.weight_index] = relax.const(packed, "int8")
-        args.append(relax.const(corr, "int32"))
+        args[site.weight_index] = relax.const(packed, self.path.weight_dtype)
+        if corr is not None:
+            args.append(relax.const(corr, "int32"))
         return relax.call_tir(self.rewritten[gv.name_hint], args, list(call.ty_args))
 
 
 def pack_dense_gemms(caps: Capabilities) -> tvm.transform.Pass:
-    """Pack every constant-weight dense of the fused module (see the module): in groups of 4
-    k for vpdpbusd, or of 1 (16 channels contiguous per k) for the fallback without VNNI."""
-    group = K_GROUP if caps.vnni else 1
+    """Pack every constant-weight dense of the fused module (see the module) in the layout of
+    the target's GemmPath (isa.py)."""
+    path = gemm_path(caps)
 
     @tvm.transform.module_pass(opt_level=0, name="PackDenseGEMMs")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _DenseRewriter(mod, group, caps.vector_bytes)
+        rewriter = _DenseRewriter(mod, path)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gv, rewriter.visit_expr(func))

@@ -27,6 +27,7 @@ from ivit_tvm.ops.tir_query import block_names
 
 from ..shape_order import sort_shape_stores
 from ..targets import Capabilities, TargetInfo
+from ..tuning.apply import apply_tuned_schedules
 from .float_dense import pack_float_matmuls
 from .packing import pack_dense_gemms
 from .rules import CPU_RULES, CPURule
@@ -101,9 +102,16 @@ def llvm_pipeline(target: tvm.target.Target, name: str, after_fusion: list,
 
 
 def cpu_pipeline(info: TargetInfo) -> tvm.transform.Pass:
-    """TVM's llvm pipeline with PackDenseGEMMs and ScheduleCPU between fusion and lowering."""
+    """TVM's llvm pipeline with PackDenseGEMMs and ScheduleCPU between fusion and lowering.
+
+    Between the two, ApplyTunedSchedules (schedules.tuning.apply): a kernel that the tuning
+    database holds (ivit-tune's records for this target) takes the recorded schedule and is
+    marked SCHEDULED, so the hand-written rules pass over it; without a record, nothing
+    changes."""
     return llvm_pipeline(info.target, "IViTCPUPipeline",
-                         after_fusion=[pack_dense_gemms(info.caps), schedule_cpu(info.caps)])
+                         after_fusion=[pack_dense_gemms(info.caps),
+                                       apply_tuned_schedules(info.target, SCHEDULED),
+                                       schedule_cpu(info.caps)])
 
 
 def float_cpu_pipeline(info: TargetInfo) -> tvm.transform.Pass:

@@ -20,6 +20,7 @@ from ..targets import Capabilities
 from . import dense, float_dense, matmul
 from .division import rewrite_divisions
 from .generic import schedule_generic
+from .isa import gemm_path
 
 
 def _block(sch: Schedule, name: str) -> SBlock | None:
@@ -49,29 +50,32 @@ class CPURule:
 
 
 class PackedDense(CPURule):
-    """dense.packed_dense's GEMM: uint8 activations (Mp, Kp) x int8 weights packed 4-D."""
+    """dense.packed_dense's GEMM: (Mp, Kp) activations x weights packed 4-D, uint8 x int8
+    (vpdpbusd, vectorized loop) or int16 x int16 (vpmaddwd)."""
 
     def match(self, sch: Schedule) -> bool:
         shift = _block(sch, dense.SHIFT_BLOCK)
-        return shift is not None and _operands(_block(sch, dense.ACC_BLOCK)) == [
-            (2, "uint8"), (4, "int8")
-        ]
+        return shift is not None and _operands(_block(sch, dense.ACC_BLOCK)) in (
+            [(2, "uint8"), (4, "int8")], [(2, "int16"), (4, "int16")]
+        )
 
     def apply(self, sch: Schedule, caps: Capabilities, claimed: Set[str]) -> set[str]:
-        dense.schedule_packed_dense(sch, caps.vnni, caps.vector_bytes)
+        dense.schedule_packed_dense(sch, gemm_path(caps))
         return {dense.ACC_BLOCK, dense.SHIFT_BLOCK}
 
 
 class PackedAttention(CPURule):
-    """Attention's batch matmuls on VNNI: q @ k^T and p @ v rewritten with operands packed per
-    head (matmul.py). Without VNNI the plain batch matmul loop is faster: no rewrite."""
+    """Attention's batch matmuls on VNNI or AVX2: q @ k^T and p @ v rewritten with operands
+    packed per head (matmul.py). On isa "generic" the plain batch matmul loop is faster: no
+    rewrite."""
 
     def rewrite(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
-        kind = matmul.matmul_kind(func) if caps.vnni else None
-        return func if kind is None else matmul.rewrite_matmul(func, kind)
+        path = gemm_path(caps)
+        kind = matmul.matmul_kind(func, path)
+        return func if kind is None else matmul.rewrite_matmul(func, kind, path.vector_bytes)
 
     def _kind(self, sch: Schedule) -> str | None:
-        for kind, names in (("qk", matmul.QK_BLOCKS), ("pv", matmul.PV_BLOCKS)):
+        for kind, names in matmul.KIND_BLOCKS.items():
             if _block(sch, names[-1]) is not None:
                 return kind
         return None
@@ -81,8 +85,8 @@ class PackedAttention(CPURule):
 
     def apply(self, sch: Schedule, caps: Capabilities, claimed: Set[str]) -> set[str]:
         kind = self._kind(sch)
-        matmul.schedule_packed_attention(sch, kind)
-        return set(matmul.QK_BLOCKS if kind == "qk" else matmul.PV_BLOCKS)
+        matmul.schedule_packed_attention(sch, kind, gemm_path(caps))
+        return set(matmul.KIND_BLOCKS[kind])
 
 
 class BatchMatmul(CPURule):

@@ -1,23 +1,27 @@
 """schedules.cpu: the scheduled llvm build stays bit-exact, and its GEMMs use VNNI when the CPU
 has it. Whole reduced models against the PyTorch integer reference (one artifact, batch 1 and
 3); the GEMM kernels alone on random and extreme int8/int16 inputs with ragged shapes, on the
-VNNI path and on the vectorized fallback; the division rewrite on its exactness bound."""
+VNNI path and on the vectorized fallback (the AVX2 and AVX-VNNI paths: test_cpu_avx2.py); the
+division rewrite on its exactness bound."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 
 import numpy as np
 import pytest
 import tvm
+from gemm_kernels import I64, build, call, check_dense, dense_kernel, int_inputs
 from ivit_tvm.schedules.backend import get_backend
-from ivit_tvm.schedules.cpu import dense, matmul, packing
+from ivit_tvm.schedules.cpu import matmul
 from ivit_tvm.schedules.cpu.division import rewrite_divisions
+from ivit_tvm.schedules.cpu.isa import PATHS, GemmPath
 from ivit_tvm.schedules.cpu.pipeline import cpu_pipeline
+from ivit_tvm.schedules.targets import TargetInfo
 from support import DEIT, SWIN, images, quantized
 from tvm import relax, te, tirx
-from tvm.s_tir import Schedule
 from tvm.target import codegen
 
 from ivit_tvm.frontend import from_model
@@ -28,9 +32,11 @@ HOST = LLVM.resolve(tvm.target.Target(
     {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": 2}
 ))
 AVX2_ONLY = LLVM.resolve(tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2}))
+LOOP = GemmPath("generic", 32, 1)  # the vectorized loop, sized for AVX2 registers
+# the same CPU with its GEMMs forced onto the loops (isa "generic"; test_cpu_avx2: vpmaddwd)
+LOOP_AVX2 = TargetInfo(AVX2_ONLY.target, dataclasses.replace(AVX2_ONLY.caps, isa="generic"))
 needs_vnni = pytest.mark.skipif(not HOST.caps.vnni, reason="this CPU has no AVX512-VNNI")
 needs_avx2 = pytest.mark.skipif(HOST.caps.vector_bytes < 32, reason="this CPU has no AVX2")
-I64 = functools.partial(tirx.IntImm, "int64")
 
 
 @functools.cache
@@ -76,7 +82,7 @@ def test_graph_passes_then_scheduled_model_matches_integer_reference():
 
 @needs_avx2
 def test_fallback_model_matches_integer_reference():
-    logits, reference = run_model(DEIT, AVX2_ONLY, 3)
+    logits, reference = run_model(DEIT, LOOP_AVX2, 3)
     np.testing.assert_array_equal(logits, reference)
 
 
@@ -88,67 +94,16 @@ def test_model_assembly_uses_vpdpbusd_and_vpdpwssd():
 
 
 # ---- GEMM kernels alone -------------------------------------------------------------------------
-def build(func: tirx.PrimFunc, schedule, target):
-    sch = Schedule(func.with_attr("global_symbol", "main"))
-    schedule(sch)
-    return tvm.compile(sch.mod, target=target.target)
-
-
-def call(ex, *arrays, out_shape, out_dtype="int32") -> np.ndarray:
-    args = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
-    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype))
-    ex(*args, out)
-    return out.numpy()
-
-
-def int_inputs(kind: str, shape, dtype: str, seed: int) -> np.ndarray:
-    info = np.iinfo(dtype)
-    if kind == "min":
-        return np.full(shape, info.min, dtype)
-    if kind == "max":
-        return np.full(shape, info.max, dtype)
-    rng = np.random.default_rng(seed)
-    return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
-
-
-@functools.cache
-def dense_kernel(tokens: int, k: int, n: int, vnni: bool, target):
-    """The packed dense as the pipeline builds it for `target` (groups of 4 k with VNNI)."""
-    group, width = (4, 64) if vnni else (1, target.caps.vector_bytes)
-    x = te.placeholder((tirx.Var("batch", "int64"), I64(tokens), I64(k)), "int8", name="x")
-    packed = te.placeholder((-(-n // 16), -(-k // group), 16, group), "int8", name="packed")
-    corr = te.placeholder((-(-n // 16) * 16,), "int32", name="corr")
-    out = dense.packed_dense(x, packed, corr, n, width)
-    func = te.create_prim_func([x, packed, corr, out])
-    return build(func, lambda sch: dense.schedule_packed_dense(sch, vnni, width), target)
-
-
-DENSE_CASES = [  # (batch, tokens, K, N): ragged rows, K not a multiple of 4, N not of 16
-    (2, 197, 384, 1000), (3, 49, 96, 10), (1, 1, 30, 48), (1, 17, 7, 33),
-]
-
-
-def check_dense(vnni: bool, target, kind: str) -> None:
-    for case, (batch, tokens, k, n) in enumerate(DENSE_CASES):
-        ex = dense_kernel(tokens, k, n, vnni, target)
-        x = int_inputs(kind, (batch, tokens, k), "int8", seed=case)
-        weight = int_inputs("random" if kind == "random" else "min", (n, k), "int8", seed=case + 9)
-        packed, corr = packing.pack_weight(weight, 4 if vnni else 1)
-        got = call(ex, x, packed, corr, out_shape=(batch, tokens, n))
-        exact = x.astype(np.int64) @ weight.T.astype(np.int64)
-        np.testing.assert_array_equal(got, exact, err_msg=str(case))
-
-
 @needs_vnni
 @pytest.mark.parametrize("kind", ["random", "min", "max"])
 def test_vnni_dense_is_exact(kind):
-    check_dense(True, HOST, kind)
+    check_dense(PATHS["avx512vnni"], HOST, kind)
 
 
 @needs_avx2
 @pytest.mark.parametrize("kind", ["random", "min", "max"])
 def test_fallback_dense_is_exact(kind):
-    check_dense(False, AVX2_ONLY, kind)
+    check_dense(LOOP, AVX2_ONLY, kind)
 
 
 @functools.cache
@@ -163,7 +118,8 @@ def attention_kernel(kind: str, tokens: int, depth: int, p_dtype="int16"):
         b = te.placeholder((*heads, I64(tokens), I64(depth)), "int8", name="v")
         out = matmul.packed_pv(a, b)
     func = te.create_prim_func([a, b, out])
-    return build(func, lambda sch: matmul.schedule_packed_attention(sch, kind), HOST)
+    path = PATHS["avx512vnni"]
+    return build(func, lambda sch: matmul.schedule_packed_attention(sch, kind, path), HOST)
 
 
 def check_attention(kind: str) -> None:
@@ -189,8 +145,9 @@ def test_vnni_attention_matmuls_are_exact(kind):
 
 @needs_vnni
 def test_dense_kernel_assembly_has_vpdpbusd_only_with_vnni():
-    assert "vpdpbusd" in dense_kernel(197, 384, 384, True, HOST).mod.inspect_source("asm")
-    fallback = dense_kernel(197, 384, 384, False, AVX2_ONLY).mod.inspect_source("asm")
+    vnni = dense_kernel(197, 384, 384, PATHS["avx512vnni"], HOST)
+    assert "vpdpbusd" in vnni.mod.inspect_source("asm")
+    fallback = dense_kernel(197, 384, 384, LOOP, AVX2_ONLY).mod.inspect_source("asm")
     assert "vpdpbusd" not in fallback
 
 
