@@ -15,17 +15,23 @@ from .gemm import GemmStrategy
 from .pipeline import cuda_pipeline
 from .toolkit import nvcc_kernels
 
+# The tensor-core GEMM's software pipeline (mma.py) copies global -> shared with cp.async.
+LOWERING_CONFIG = {"tirx.use_async_copy": 1}
+
 
 def build_cuda(
-    mod: tvm.IRModule, info: TargetInfo, strategy: GemmStrategy = GemmStrategy.DP4A
+    mod: tvm.IRModule, info: TargetInfo, strategy: GemmStrategy = GemmStrategy.AUTO,
+    gemm_record: list | None = None,
 ) -> tvm.runtime.Executable:
     """tvm.compile with the project's CUDA pipeline: kernels compiled with nvcc where a driver
-    is loaded (info.caps.cuda_driver), else kept as CUDA source."""
-    pipeline = cuda_pipeline(info.target, strategy)
-    if info.caps.cuda_driver:
-        with nvcc_kernels(info.caps.cuda_arch), info.target:
-            return tvm.compile(mod, info.target, relax_pipeline=pipeline)
-    return tvm.compile(mod, info.target, relax_pipeline=pipeline)
+    is loaded (info.caps.cuda_driver), else kept as CUDA source. The tile chosen for each GEMM
+    is appended to `gemm_record` (gemm.gemm_choices) when one is given."""
+    pipeline = cuda_pipeline(info.target, strategy, gemm_record=gemm_record)
+    with tvm.transform.PassContext(config=LOWERING_CONFIG):
+        if info.caps.cuda_driver:
+            with nvcc_kernels(info.caps.cuda_arch), info.target:
+                return tvm.compile(mod, info.target, relax_pipeline=pipeline)
+        return tvm.compile(mod, info.target, relax_pipeline=pipeline)
 
 
 def device_modules(executable, kind: str | None = "cuda") -> list[tvm.runtime.Module]:

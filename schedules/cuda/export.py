@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tvm
@@ -41,6 +41,7 @@ class ArtifactInfo:
     device_modules: list[str]  # kinds of the modules inside, e.g. ["llvm", "cuda"]
     kernel_format: str  # "fatbin" (SASS for arch + PTX)
     driver: str  # "real" or "stub"
+    gemms: list[dict] = field(default_factory=list)  # gemm.gemm_choices: strategy, tile each
 
 
 @dataclass
@@ -49,12 +50,13 @@ class InProcessBuild:
 
     executable: tvm.runtime.Executable
     arch: str
+    gemms: list[dict] = field(default_factory=list)
 
     def write(self, path: Path) -> ArtifactInfo:
         self.executable.export_library(str(path))
         kinds = [m.kind for m in device_modules(self.executable, None)]
         return ArtifactInfo(Path(path), self.arch, Path(path).stat().st_size, kinds, "fatbin",
-                            "real")
+                            "real", self.gemms)
 
 
 @dataclass
@@ -64,6 +66,11 @@ class SubprocessBuild:
     written: ArtifactInfo
     folder: tempfile.TemporaryDirectory
 
+    @property
+    def gemms(self) -> list[dict]:
+        """The strategy and tile of each GEMM (gemm.gemm_choices), for the manifest."""
+        return self.written.gemms
+
     def write(self, path: Path) -> ArtifactInfo:
         shutil.move(self.written.path, path)
         self.folder.cleanup()
@@ -71,12 +78,14 @@ class SubprocessBuild:
 
 
 def build_library(
-    mod: tvm.IRModule, info: TargetInfo, strategy: GemmStrategy = GemmStrategy.DP4A
+    mod: tvm.IRModule, info: TargetInfo, strategy: GemmStrategy = GemmStrategy.AUTO
 ) -> InProcessBuild | SubprocessBuild:
     """The CUDA backend's build, once per compile: in process where a driver is loaded, else
     build and export together under the driver stub."""
     if info.caps.cuda_driver:
-        return InProcessBuild(build_cuda(mod, info, strategy), info.caps.cuda_arch)
+        gemms: list[dict] = []
+        executable = build_cuda(mod, info, strategy, gemm_record=gemms)
+        return InProcessBuild(executable, info.caps.cuda_arch, gemms)
     folder = tempfile.TemporaryDirectory(prefix="ivit_cuda_")
     written = export_cuda_library(mod, info.target, Path(folder.name) / "library.so", strategy)
     return SubprocessBuild(written, folder)
@@ -108,7 +117,7 @@ def export_cuda_library(
     mod: tvm.IRModule,
     target: tvm.target.Target,
     path: str | os.PathLike,
-    strategy: GemmStrategy = GemmStrategy.DP4A,
+    strategy: GemmStrategy = GemmStrategy.AUTO,
     timeout_s: float = 3600,
 ) -> ArtifactInfo:
     """Build `mod` for CUDA and write a .so with compiled kernels, with or without a GPU.
@@ -142,7 +151,8 @@ def export_cuda_library(
                 f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
             )
         result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return ArtifactInfo(path, arch, path.stat().st_size, result["modules"], "fatbin", driver)
+    return ArtifactInfo(path, arch, path.stat().st_size, result["modules"], "fatbin", driver,
+                        result.get("gemms", []))
 
 
 def build_driver_stub(folder: Path) -> Path:

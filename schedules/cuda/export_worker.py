@@ -2,7 +2,7 @@
 
 Run as `python -m ivit_tvm.schedules.cuda.export_worker '<json request>'` with libcuda.so.1
 (real or the stub) loadable; prints a JSON line with the kinds of the modules in the written
-library.
+library and the strategy and tile of each GEMM (gemm.gemm_choices).
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ def main(request: dict) -> dict:
             "CUDA source that no machine can load; refusing"
         )
     mod = tvm.ir.load_json(Path(request["mod"]).read_text())
-    executable = build_cuda(mod, info, GemmStrategy(request["strategy"]))
+    gemms: list[dict] = []
+    executable = build_cuda(mod, info, GemmStrategy(request["strategy"]), gemm_record=gemms)
     executable.export_library(request["out"])
     loaded = tvm.runtime.load_module(request["out"])  # raises when a loader is missing
-    return {"modules": [module.kind for module in device_modules(loaded, kind=None)]}
+    return {"modules": [module.kind for module in device_modules(loaded, kind=None)],
+            "gemms": gemms}
 
 
 if __name__ == "__main__":

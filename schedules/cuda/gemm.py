@@ -9,8 +9,11 @@ inner product over 4 consecutive k is one `__dp4a` (a 4-way int8 dot product int
 
 dlight's own Matmul rule is not used for these: its int8 tensor-core path fails on the fused
 epilogues (compute-at into a non-stage-pipeline scope), and it would not emit dp4a otherwise.
-`GemmStrategy` names the inner-product implementation; tensor cores (mma.sync m16n8k32 s8,
-recipe in docs/tvm-notes.md) would be a second strategy behind the same matcher.
+`GemmStrategy` names the inner-product implementation. AUTO (the default) puts int8 x int8
+GEMMs on tensor cores (mma.py: mma.sync m16n8k32 s8, ldmatrix, cp.async) on sm_80+ where a
+tile of mma_tiles.TILE_TABLE divides N and K, and on dp4a otherwise (sm_61..sm_75, the
+classifier head's N = classes, attention's token-count N). Each scheduled GEMM PrimFunc carries
+its choice in the attribute GEMM_ATTR (see gemm_choices).
 """
 
 from __future__ import annotations
@@ -29,14 +32,19 @@ from tvm.s_tir.dlight.gpu.matmul import (
 )
 from tvm.target import Target
 
-from . import intrin
+from . import intrin, mma
 
 INT_INPUTS = ("int8", "int16")
 
 
-class GemmStrategy(Enum):
-    """How a thread computes its inner products."""
+GEMM_ATTR = "ivit.gemm"  # PrimFunc attribute: {"strategy", "tile", "n", "k"}
 
+
+class GemmStrategy(Enum):
+    """How a GEMM computes its inner products."""
+
+    AUTO = "auto"  # MMA where it applies (sm_80+, a tile fits), else DP4A
+    MMA = "mma"  # int8 x int8 on tensor cores (mma.py); where it cannot apply, DP4A
     DP4A = "dp4a"  # int8 x int8: __dp4a over k in groups of 4 (sm_61+); else a scalar loop
     SCALAR = "scalar"  # a plain multiply-add loop (any integer operands)
 
@@ -115,9 +123,11 @@ def _vector_lanes(match: GemmMatch, operand: int, tile: GemmTile) -> int:
 class IntegerGemm(GPUScheduleRule):
     """Shared-memory tiled integer GEMM with a fused epilogue; dp4a for int8 x int8."""
 
-    def __init__(self, strategy: GemmStrategy = GemmStrategy.DP4A, tile: GemmTile | None = None):
+    def __init__(self, strategy: GemmStrategy = GemmStrategy.AUTO, tile: GemmTile | None = None,
+                 mma_tile: mma.MmaTile | None = None):
         self.strategy = strategy
         self.tile = tile or GemmTile()
+        self.mma_tile = mma_tile  # None: per shape from mma_tiles.TILE_TABLE
         if self.tile.k_tile % 4:
             raise ValueError(f"GemmTile.k_tile must be a multiple of 4, got {self.tile.k_tile}")
 
@@ -128,9 +138,24 @@ class IntegerGemm(GPUScheduleRule):
         match = match_integer_gemm(sch)
         if match is None:
             return None
-        use_dp4a = self.strategy is GemmStrategy.DP4A and match.dtypes == ("int8", "int8")
+        name = sch.get(match.block).name_hint
+        if self.strategy in (GemmStrategy.AUTO, GemmStrategy.MMA):
+            plan = mma.plan_mma(func, name, match.dtypes, match.k_contiguous, target,
+                                self.mma_tile)
+            if plan is not None:
+                shape, tile = plan
+                scheduled = mma.mma_func(sch, match.block, tile)
+                return s_tir.Schedule(scheduled.with_attr(
+                    GEMM_ATTR, _choice("mma", tile.name, shape)))
+        shape = mma.gemm_shape(func, name)
+        use_dp4a = self.strategy is not GemmStrategy.SCALAR and match.dtypes == ("int8", "int8")
         self._schedule(sch, match, use_dp4a)
-        return sch
+        return s_tir.Schedule(sch.mod["main"].with_attr(
+            GEMM_ATTR, _choice("dp4a" if use_dp4a else "scalar", self._tile_name(), shape)))
+
+    def _tile_name(self) -> str:
+        tile = self.tile
+        return f"{tile.block_y}x{tile.block_x}x{tile.k_tile}/{tile.threads_y * tile.threads_x}t"
 
     def _schedule(self, sch: s_tir.Schedule, match: GemmMatch, use_dp4a: bool) -> None:
         tile = self.tile
@@ -183,3 +208,22 @@ class IntegerGemm(GPUScheduleRule):
         if use_dp4a:
             intrin.register()
             sch.tensorize(k4, intrin.DP4A_S8S8S32)
+
+
+def _choice(strategy: str, tile: str, shape: mma.GemmShape | None) -> dict:
+    """The GEMM_ATTR value: strategy, tile name, and N, K where static."""
+    static = {} if shape is None else {"n": shape.n, "k": shape.k}
+    return {"strategy": strategy, "tile": tile, **static}
+
+
+def gemm_choices(mod) -> list[dict]:
+    """(PrimFunc, strategy, tile, n, k) of each GEMM the CUDA rules scheduled in `mod`, sorted
+    by name: what the artifact's manifest records."""
+    found = []
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and func.attrs is not None and GEMM_ATTR in func.attrs:
+            choice = {str(key): value for key, value in func.attrs[GEMM_ATTR].items()}
+            found.append({"primfunc": gv.name_hint, **{
+                key: int(value) if key in ("n", "k") else str(value)
+                for key, value in choice.items()}})
+    return sorted(found, key=lambda row: row["primfunc"])

@@ -1,10 +1,15 @@
 """What a CUDA build holds: its generated source, and the kernels and notable instructions of
-PTX or cubin compiled from it (the tests read these to prove dp4a, no spills, every kernel)."""
+PTX or cubin compiled from it (the tests read these to prove dp4a, no spills, every kernel),
+ptxas's per-kernel resources (registers, spills, shared memory) and, where cuobjdump and
+nvdisasm are found (toolkit.find_cuda_tool), each kernel's SASS instruction mix."""
 
 from __future__ import annotations
 
+import os
 import re
 import struct
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
 
 from .build import device_modules
@@ -12,6 +17,8 @@ from .build import device_modules
 PTX_PATTERNS = {
     "dp4a": r"\bdp4a\.s32\.s32\b",
     "mma_s8": r"\bmma\.sync\.aligned\.\S*\.s8\.s8\.s32\b",
+    "ldmatrix": r"\bldmatrix\.sync\.aligned\.",
+    "cp_async": r"\bcp\.async\.c[ag]\.shared\.global\b",
     "ld_shared": r"\bld\.shared\.",
     "shfl": r"\bshfl\.sync\.",
     "local_memory": r"\.local\s",
@@ -77,3 +84,81 @@ def elf_section_names(data: bytes) -> list[str]:
         end = data.index(b"\0", str_offset + name_offset)
         names.append(data[str_offset + name_offset:end].decode())
     return names
+
+
+def ptx_kernels(ptx: bytes | str) -> dict[str, str]:
+    """Each entry point's PTX body by kernel name."""
+    text = ptx.decode() if isinstance(ptx, bytes) else ptx
+    bodies = re.split(r"(?=\.visible \.entry )", text)[1:]
+    return {re.match(r"\.visible \.entry (\w+)", body).group(1): body for body in bodies}
+
+
+def kernel_instructions(ptx: bytes | str) -> dict[str, dict[str, int]]:
+    """PTX_PATTERNS counted per kernel."""
+    return {name: {key: len(re.findall(pattern, body)) for key, pattern in PTX_PATTERNS.items()}
+            for name, body in ptx_kernels(ptx).items()}
+
+
+@dataclass(frozen=True)
+class KernelResources:
+    """ptxas's report for one kernel."""
+
+    registers: int
+    shared_bytes: int
+    stack_bytes: int
+    spill_store_bytes: int
+    spill_load_bytes: int
+
+
+def parse_ptxas_resources(log: str) -> dict[str, KernelResources]:
+    """Per-kernel resources from `nvcc -Xptxas -v` output (toolkit.compile_cubin_verbose)."""
+    found, current, stack = {}, None, (0, 0, 0)
+    for line in log.splitlines():
+        if match := re.search(r"Compiling entry function '(\w+)'", line):
+            current = match.group(1)
+        elif (match := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                                 r"(\d+) bytes spill loads", line)):
+            stack = tuple(int(x) for x in match.groups())
+        elif current and (match := re.search(r"Used (\d+) registers", line)):
+            smem = re.search(r"(\d+) bytes smem", line)
+            found[current] = KernelResources(int(match.group(1)),
+                                             int(smem.group(1)) if smem else 0, *stack)
+            current, stack = None, (0, 0, 0)
+    return found
+
+
+# "/*0120*/   @!P0 IMMA.16832.S8.S8 R8, ..." -> the opcode after the address and predicate.
+SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+SASS_OPCODES = ("IMMA", "HMMA", "LDSM", "LDGSTS", "IDP.4A", "IDP.2A", "SHFL", "LDL", "STL")
+
+
+def sass_instructions(cubin: bytes) -> dict[str, dict[str, int]]:
+    """Per-kernel counts of SASS_OPCODES from `cuobjdump -sass` (needs cuobjdump and nvdisasm;
+    toolkit.find_cuda_tool)."""
+    from pathlib import Path
+
+    from .toolkit import find_cuda_tool
+
+    cuobjdump, nvdisasm = find_cuda_tool("cuobjdump"), find_cuda_tool("nvdisasm")
+    if cuobjdump is None or nvdisasm is None:
+        raise FileNotFoundError("cuobjdump/nvdisasm not found: pip install "
+                                "nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm")
+    with tempfile.TemporaryDirectory(prefix="ivit_sass_") as tmp:
+        path = Path(tmp) / "kernels.cubin"
+        path.write_bytes(cubin)
+        env = {**os.environ, "PATH": f"{nvdisasm.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        proc = subprocess.run([str(cuobjdump), "-sass", str(path)], capture_output=True,
+                              text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cuobjdump -sass failed: {proc.stderr[-2000:]}")
+    counts: dict[str, dict[str, int]] = {}
+    current = None
+    for line in proc.stdout.splitlines():
+        if match := re.search(r"Function : (\w+)", line):
+            current = counts.setdefault(match.group(1), dict.fromkeys(SASS_OPCODES, 0))
+        elif current is not None and (match := SASS_LINE.search(line)):
+            opcode = match.group(1)
+            for name in SASS_OPCODES:
+                if opcode == name or opcode.startswith(name + "."):
+                    current[name] += 1
+    return counts

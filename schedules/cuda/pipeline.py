@@ -2,7 +2,8 @@
 
     ex = tvm.compile(mod, target, relax_pipeline=cuda_pipeline(target))
 
-Schedules, first match wins: the project's integer GEMM (dp4a; gemm.py) and row kernels
+Schedules, first match wins: the project's integer GEMM (gemm.py: tensor cores on sm_80+
+where a tile fits (mma.py), else dp4a) and row kernels
 (rowwise.py), then dlight's generic GPU rules for the rest (reshapes, transposes,
 elementwise requantize, the input quantizer). A PrimFunc that leaves the schedulers without
 thread bindings is an error naming it, not a failure deep inside codegen.
@@ -19,16 +20,16 @@ from tvm.s_tir import dlight
 
 from ivit_tvm.ops.tir_query import has_thread_binding
 
-from .gemm import GemmStrategy, GemmTile, IntegerGemm
+from .gemm import GemmStrategy, GemmTile, IntegerGemm, gemm_choices
 from .rowwise import RowReduction
 
 
 def schedule_rules(
-    strategy: GemmStrategy = GemmStrategy.DP4A, tile: GemmTile | None = None
+    strategy: GemmStrategy = GemmStrategy.AUTO, tile: GemmTile | None = None
 ) -> list:
     """The ordered dlight rules that schedule an ivit-tvm module (first match wins)."""
     return [
-        IntegerGemm(strategy, tile),
+        IntegerGemm(strategy, tile),  # tensor cores (mma.py) or dp4a, by strategy and arch
         RowReduction(),
         dlight.gpu.Matmul(),
         dlight.gpu.GEMV(),
@@ -70,12 +71,25 @@ def fusion_passes() -> list[tvm.transform.Pass]:
     ]
 
 
+def record_gemm_choices(sink: list) -> tvm.transform.Pass:
+    """A pass that appends gemm.gemm_choices(mod) (PrimFunc, strategy, tile, n, k) to `sink`."""
+
+    @tvm.transform.module_pass(opt_level=0, name="RecordGemmChoices")
+    def record(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        sink.extend(gemm_choices(mod))
+        return mod
+
+    return record
+
+
 def cuda_pipeline(
     target: tvm.target.Target,
-    strategy: GemmStrategy = GemmStrategy.DP4A,
+    strategy: GemmStrategy = GemmStrategy.AUTO,
     tile: GemmTile | None = None,
+    gemm_record: list | None = None,
 ) -> tvm.transform.Pass:
-    """The relax_pipeline for tvm.compile on a CUDA target (see the module docstring)."""
+    """The relax_pipeline for tvm.compile on a CUDA target (see the module docstring); the
+    tile chosen for each GEMM is appended to `gemm_record` when one is given."""
     if target.kind.name != "cuda":
         raise ValueError(f"cuda_pipeline needs a cuda target, got {target.kind.name!r}")
 
@@ -86,6 +100,7 @@ def cuda_pipeline(
                 *cuda_backend.library_dispatch_passes(target),
                 *fusion_passes(),
                 dlight.ApplyDefaultSchedule(*schedule_rules(strategy, tile)),
+                *([record_gemm_choices(gemm_record)] if gemm_record is not None else []),
                 require_gpu_schedule,
                 *cuda_backend.dataflow_lower_passes(target),
                 *cuda_backend.finalize_passes(target),
@@ -98,7 +113,7 @@ def cuda_pipeline(
 def schedule_module(
     mod: tvm.IRModule,
     target: tvm.target.Target,
-    strategy: GemmStrategy = GemmStrategy.DP4A,
+    strategy: GemmStrategy = GemmStrategy.AUTO,
     tile: GemmTile | None = None,
 ) -> tvm.IRModule:
     """Fuse and schedule `mod` (no lowering): the scheduled PrimFuncs, for inspection/tests."""

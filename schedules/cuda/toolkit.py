@@ -112,3 +112,45 @@ def nvcc_kernels(arch: str):
     finally:
         if previous is not None:
             tvm_ffi.register_global_func(name, previous, override=True)
+
+
+def find_cuda_tool(name: str) -> Path | None:
+    """A CUDA binary tool (cuobjdump, nvdisasm): on PATH, in the toolkit, or the copy that
+    Triton (a PyTorch dependency) ships in site-packages/triton/backends/nvidia/bin."""
+    on_path = shutil.which(name)
+    if on_path:
+        return Path(on_path)
+    candidates = []
+    try:
+        candidates.append(find_cuda_home() / "bin" / name)
+    except FileNotFoundError:
+        pass
+    try:
+        import triton
+
+        candidates.append(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+    except ImportError:
+        pass
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def compile_cubin_verbose(source: str, arch: str) -> tuple[bytes, str, str]:
+    """nvcc -cubin -Xptxas -v for `arch`, in one run: (cubin, its PTX, ptxas's per-kernel
+    resource report)."""
+    import subprocess
+    import tempfile
+
+    check_cuda_arch(arch)
+    home = find_cuda_home()
+    with tempfile.TemporaryDirectory(prefix="ivit_nvcc_") as tmp, cuda_environment():
+        cu, cubin = Path(tmp) / "kernels.cu", Path(tmp) / "kernels.cubin"
+        cu.write_text(source)
+        proc = subprocess.run(
+            [str(home / "bin" / "nvcc"), "-cubin", "-O3", f"-arch={arch}", "-Xptxas", "-v",
+             "--keep", "--keep-dir", tmp, "-o", str(cubin), str(cu)],
+            capture_output=True, text=True, cwd=tmp,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"nvcc -cubin for {arch} failed:\n{proc.stderr[-8000:]}")
+        ptx = next(Path(tmp).glob("*.ptx"), None)
+        return cubin.read_bytes(), ptx.read_text() if ptx else "", proc.stderr

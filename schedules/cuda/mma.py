@@ -1,0 +1,258 @@
+"""Tensor-core int8 GEMM for sm_80+: mma.sync m16n8k32 s8, ldmatrix, cp.async, fused epilogue.
+
+The GEMM is normalised like gemm.py's dp4a rule, C[S, I, J] += A[S, I, K] * B[S, J, K], and
+padded to whole block tiles (M = batch x tokens is ragged; N and K must divide the tile, see
+mma_tiles.choose_tile). Then, per block tile (mma_tiles.MmaTile):
+
+    blockIdx.x: S x M tiles, blockIdx.y: N tiles, threadIdx.y: warps, threadIdx.x: lanes
+    for each k tile (software pipeline of `stages`, cp.async global -> shared, 16 bytes a lane):
+        for each 32-deep k step: ldmatrix A and B 16x32 fragments to registers ("warp")
+            for each 16x16 tile of the warp's C: mma.sync m16n8k32 twice
+    epilogue: C fragments -> requantize (inlined consumers) -> global, rows >= M not stored
+
+`schedule_mma(..., tensorize=False)` stops before the four `tensorize` calls: what remains is
+the same TIR with each intrinsic's description in its place (tensorize checks structural
+equality with the description), which twin.py builds for the CPU to check the indexing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.gpu.matmul import (
+    auto_inline_consumer_chain,
+    auto_inline_producers,
+    get_index_map,
+)
+from tvm.target import Target
+
+from . import mma_intrin
+from .mma_intrin import TILE_K, TILE_M, TILE_N, WARP, ab_layout, c_layout
+from .mma_tiles import MmaTile, choose_tile
+from .tir_rewrite import LOAD, map_func, substitute, substitute_region
+
+MIN_SM = 80  # mma.sync m16n8k32 s8 and cp.async: Ampere and newer
+VECTOR_BYTES = 16  # one cp.async / ld.global.v4 per lane
+
+
+def sm_version(target: Target) -> int:
+    """80 for "sm_80", 90 for "sm_90a"; 0 when the target has no arch."""
+    arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
+    digits = arch.removeprefix("sm_").rstrip("af")
+    return int(digits) if digits.isdigit() else 0
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """The normalised GEMM's extents: M None when symbolic (a runtime batch)."""
+
+    batch: int | None
+    m: int | None
+    n: int
+    k: int
+
+
+def _static(extent) -> int | None:
+    return int(extent) if isinstance(extent, tirx.IntImm | int) else None
+
+
+def gemm_shape(func: tirx.PrimFunc, block_name: str) -> GemmShape | None:
+    """(S, M, N, K) of the GEMM block `block_name`, from a scratch normalisation of `func`;
+    None where a normalisation step refuses the function (then it is not an mma candidate)."""
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock(block_name)
+    try:
+        _normalise(sch, block)
+    except (s_tir.ScheduleError, tvm.error.InternalError):
+        return None
+    extents = [_static(sch.get(loop).extent) for loop in sch.get_loops(block)]
+    batch, m, n, k = extents
+    if n is None or k is None:
+        return None
+    return GemmShape(batch, m, n, k)
+
+
+def _normalise(sch: s_tir.Schedule, main) -> None:
+    """Reindex the GEMM block to C[S, I, J] += A[S, I, K] * B[S, J, K] (dlight's maps)."""
+    reindex_a = sch.reindex(main, ("read", 0))
+    reindex_b = sch.reindex(main, ("read", 1))
+    reindex_c = sch.reindex(main, ("write", 0))
+    matmul_map, a_map, b_map, c_map = get_index_map(sch.get(main))
+    sch.transform_layout(reindex_a, ("write", 0), a_map)
+    sch.transform_layout(reindex_b, ("write", 0), b_map)
+    sch.transform_layout(reindex_c, ("read", 0), c_map)
+    sch.transform_block_layout(main, matmul_map)
+    # Copies iterate over the normalised indices too (when tokens is a multiple of 16 the
+    # layout change keeps them on (batch, tokens), which blocks inlining them into the fetch).
+    for block, index_map in ((reindex_a, a_map), (reindex_b, b_map), (reindex_c, c_map)):
+        iters = sch.get(block).iter_vars
+        if len(iters) == len(index_map.initial_indices) and len(iters) > 2:
+            sch.transform_block_layout(block, index_map)
+
+
+def mma_func(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = True,
+             shared_scope: str = "shared") -> tirx.PrimFunc:
+    """The scheduled PrimFunc: schedule_mma, then clamp_padded_rows."""
+    scheduled = schedule_mma(sch, main, tile, tensorize, shared_scope)
+    return clamp_padded_rows(scheduled.mod["main"])
+
+
+def schedule_mma(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = True,
+                 shared_scope: str = "shared") -> s_tir.Schedule:
+    """Schedule the GEMM block `main` (with its epilogue consumers) on tensor cores.
+
+    The 16x16x32 intrinsic tile stays three loops until tensorize blockizes it (blockizing it
+    first, as TVM's own mma recipe does, breaks compute_at when the row count is a multiple
+    of 16: the analyzer cannot prove the padded block's region covers its consumers).
+    """
+    _normalise(sch, main)
+    sch.pad_einsum(main, [1, tile.block_m, tile.block_n, tile.k_tile])
+
+    # The 16x16x32 tile of one intrinsic: the innermost loops (i_tc, j_tc, k_tc).
+    batch, i, j, k = sch.get_loops(main)
+    i, i_tc = sch.split(i, [None, TILE_M])
+    j, j_tc = sch.split(j, [None, TILE_N])
+    k, k_tc = sch.split(k, [None, TILE_K])
+
+    i0, i1, i2 = sch.split(i, [None, tile.warps_m, tile.warp_m // TILE_M])
+    j0, j1, j2 = sch.split(j, [None, tile.warps_n, tile.warp_n // TILE_N])
+    k0, k1 = sch.split(k, [None, tile.k_tile // TILE_K])
+    sch.reorder(batch, i0, j0, i1, j1, k0, k1, i2, j2, i_tc, j_tc, k_tc)
+    for loop in (k1, i2, j2):  # static fragment indices: accumulators stay in registers
+        sch.unroll(loop)
+    block_x = sch.fuse(batch, i0)
+    sch.bind(block_x, "blockIdx.x")  # rows (batch x tokens) may be many: x has 2**31 blocks
+    sch.bind(j0, "blockIdx.y")
+    warp = sch.fuse(i1, j1)
+    sch.bind(warp, "threadIdx.y")
+
+    # global -> shared, 16 bytes a lane; rows padded by 16 bytes against bank conflicts.
+    fetches = []
+    for operand in (0, 1):
+        fetch = sch.cache_read(main, operand, shared_scope)
+        sch.compute_at(fetch, k0, preserve_unit_loops=True)
+        rows, cols = sch.get_loops(fetch)[-2:]
+        _, f_warp, f_lane, vec = sch.split(sch.fuse(rows, cols),
+                                          [None, tile.warps, WARP, VECTOR_BYTES])
+        sch.bind(f_warp, "threadIdx.y")
+        sch.bind(f_lane, "threadIdx.x")
+        sch.vectorize(vec)
+        sch.storage_align(fetch, 0, axis=-2, factor=32, offset=16)
+        auto_inline_producers(sch, fetch)
+        fetches.append(fetch)
+
+    # shared -> registers (ldmatrix fragments), per 32-deep k step.
+    loads = []
+    for operand in (0, 1):
+        load = sch.cache_read(main, operand, "warp")
+        sch.compute_at(load, k1, preserve_unit_loops=True)
+        rows, cols = sch.get_loops(load)[-2:]
+        r0, r1 = sch.split(rows, [None, TILE_M])
+        c0, c1 = sch.split(cols, [None, TILE_K])
+        sch.reorder(r0, c0, r1, c1)
+        sch.unroll(r0)
+        sch.unroll(c0)
+        sch.transform_layout(load, ("write", 0),
+                             lambda s, r, c: (s, r // TILE_M, c // TILE_K,
+                                              *ab_layout(r % TILE_M, c % TILE_K)))
+        loads.append(r1)
+
+    # C fragments -> epilogue -> global: lane = 4 * (row % 8) + (col % 8) // 2 (c_layout).
+    store = sch.cache_write(main, 0, "warp")
+    sch.reverse_compute_at(store, warp, preserve_unit_loops=True)
+    sch.transform_layout(store, ("read", 0),
+                         lambda s, r, c: (s, r // TILE_M, c // TILE_N,
+                                          *c_layout(r % TILE_M, c % TILE_N)))
+    auto_inline_consumer_chain(sch, store)
+    rows, cols = sch.get_loops(store)[-2:]
+    r0, r_hi, r_lane = sch.split(rows, [None, 2, 8])
+    c0, c_hi, c_lane, c_pair = sch.split(cols, [None, 2, 4, 2])
+    sch.reorder(r0, c0, r_hi, c_hi, r_lane, c_lane, c_pair)
+    sch.bind(sch.fuse(r_lane, c_lane), "threadIdx.x")
+    for loop in (r0, c0, r_hi, c_hi, c_pair):
+        sch.unroll(loop)
+
+    init = sch.decompose_reduction(main, k0)
+    for loop in sch.get_loops(init)[-4:-2]:  # the warp's 16x16 tiles
+        sch.unroll(loop)
+
+    # Pipeline: stage 0 = the two cp.async fetches, stage stages-1 = ldmatrix + mma.
+    if tile.stages > 1:
+        last = tile.stages - 1
+        sch.annotate(k0, "software_pipeline_stage", [0, 0, last])
+        sch.annotate(k0, "software_pipeline_order", [0, 1, 2])
+        sch.annotate(k0, "software_pipeline_async_stages", [0])
+
+    if not tensorize:
+        return sch
+    mma_intrin.register()
+    load_a, load_b = mma_intrin.ldmatrix_names(shared_scope)
+    sch.tensorize(loads[0], load_a)
+    sch.tensorize(loads[1], load_b)
+    sch.tensorize(sch.get_loops(main)[-3], mma_intrin.MMA_SYNC)  # i_tc: the 16x16x32 tile
+    sch.tensorize(sch.get_loops(init)[-2], mma_intrin.MMA_FILL)  # the 16x16 zero fill
+    return sch
+
+
+def _padded_row(value):
+    """(row var, row count) of `if_then_else(row < rows, A[..row..], 0)` (pad_einsum's fetch)."""
+    if not (isinstance(value, tvm.ir.Call) and getattr(value.op, "name", "") ==
+            "prim.if_then_else"):
+        return None
+    cond, load, other = value.args
+    if not (isinstance(cond, tirx.LT) and isinstance(cond.a, tirx.Var)
+            and isinstance(load, LOAD) and isinstance(other, tirx.IntImm)
+            and other.value == 0):
+        return None
+    return cond.a, cond.b
+
+
+def clamp_padded_rows(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Padding rows of A read row M - 1 instead of a zero: A_pad[m, k] = A[min(m, M - 1), k].
+
+    pad_einsum zero-fills rows >= M with `if_then_else`, which CUDA codegen prints as an
+    invalid 16-lane int8 zero and cp.async cannot predicate for integers. Rows of a GEMM are
+    independent and padded rows are never stored (the epilogue store is predicated), so any
+    in-bounds row serves; the copy becomes a plain 16-byte load (cp.async).
+    """
+
+    def post(node):
+        if not isinstance(node, s_tir.SBlock) or not isinstance(node.body, tirx.BufferStore):
+            return node
+        store = node.body
+        padded = _padded_row(store.value)
+        if padded is None or store.buffer.scope() not in ("shared", "shared.dyn"):
+            return node
+        row, rows = padded
+        vmap = {row: tirx.Min(row, rows - 1)}
+        load = substitute(store.value.args[1], vmap)
+        reads = [substitute_region(r, vmap) if r.source.same_as(load.source) else r
+                 for r in node.reads]
+        return s_tir.SBlock(list(node.iter_vars), reads, list(node.writes), node.name_hint,
+                            tirx.BufferStore(store.buffer, load, list(store.indices)),
+                            node.init, list(node.alloc_buffers), list(node.match_buffers),
+                            dict(node.annotations))
+
+    return map_func(func, post)
+
+
+def plan_mma(func: tirx.PrimFunc, block_name: str, dtypes, k_contiguous, target: Target,
+             tile: MmaTile | None = None) -> tuple[GemmShape, MmaTile] | None:
+    """(shape, tile) when the GEMM block `block_name` of `func` runs on tensor cores for
+    `target`: sm_80+, int8 x int8, k-contiguous operands, no batch axis S (dense layers;
+    attention's batched matmuls are not covered by the twin tests yet), static N and K
+    divisible by a tile (`tile`, or the one mma_tiles.choose_tile picks). None: use another
+    strategy."""
+    if sm_version(target) < MIN_SM:
+        return None
+    if tuple(dtypes) != ("int8", "int8") or not all(k_contiguous):
+        return None
+    shape = gemm_shape(func, block_name)
+    if shape is None or shape.batch != 1:
+        return None
+    tile = tile or choose_tile(shape.m, shape.n, shape.k)
+    if tile is None or shape.n % tile.block_n or shape.k % tile.k_tile:
+        return None
+    return shape, tile

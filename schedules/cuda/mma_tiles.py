@@ -1,0 +1,89 @@
+"""Block tiles of the tensor-core GEMM (mma.py) and the rule that picks one per GEMM shape.
+
+A block of warps_m x warps_n warps computes a block_m x block_n tile of C; each warp owns a
+(block_m / warps_m) x (block_n / warps_n) tile made of 16x16 mma tiles, and the block streams
+K through shared memory k_tile at a time, `stages` tiles in flight (cp.async). N and K must be
+whole tiles (they are weights' dimensions: 384, 1152, 1536 in DeiT-S); M (batch x tokens) is
+padded to the tile and the padded rows are never stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .mma_intrin import TILE_K, TILE_M, TILE_N
+
+
+@dataclass(frozen=True)
+class MmaTile:
+    """One block tile of the tensor-core GEMM."""
+
+    block_m: int
+    block_n: int
+    warps_m: int
+    warps_n: int
+    k_tile: int = 64
+    stages: int = 2
+
+    def __post_init__(self):
+        if self.block_m % (self.warps_m * TILE_M) or self.block_n % (self.warps_n * TILE_N):
+            raise ValueError(f"{self}: each warp's tile must be whole 16x16 mma tiles")
+        if self.k_tile % TILE_K:
+            raise ValueError(f"{self}: k_tile must be a multiple of {TILE_K}")
+        if self.stages < 1:
+            raise ValueError(f"{self}: stages must be >= 1")
+
+    @property
+    def warps(self) -> int:
+        return self.warps_m * self.warps_n
+
+    @property
+    def warp_m(self) -> int:
+        return self.block_m // self.warps_m
+
+    @property
+    def warp_n(self) -> int:
+        return self.block_n // self.warps_n
+
+    @property
+    def shared_bytes(self) -> int:
+        """Shared memory of the A and B stages, rows padded by 16 bytes (storage_align)."""
+        return self.stages * (self.block_m + self.block_n) * (self.k_tile + 16)
+
+    @property
+    def name(self) -> str:
+        return f"{self.block_m}x{self.block_n}x{self.k_tile}/{self.warps}w/{self.stages}s"
+
+
+# Largest first: the first tile whose block_n divides N and k_tile divides K is taken, unless
+# M is small enough that a smaller block_m wastes fewer padded rows (see choose_tile).
+# Warp tiles of at most 64x32 (8 mma tiles, 64 int32 accumulators a lane): a 64x64 warp tile
+# spills registers at K = 1536 (measured with ptxas for sm_80).
+TILE_TABLE: tuple[MmaTile, ...] = (
+    MmaTile(128, 128, 2, 4),
+    MmaTile(128, 64, 2, 2),
+    MmaTile(64, 64, 2, 2),
+    MmaTile(64, 32, 2, 1),
+    MmaTile(32, 32, 1, 1, k_tile=32),
+)
+STATIC_SHARED_LIMIT = 48 * 1024  # bytes of static shared memory per block on sm_80..sm_90
+
+
+def choose_tile(m: int | None, n: int, k: int, table=TILE_TABLE) -> MmaTile | None:
+    """The tile for an (M, N, K) GEMM (M None: symbolic), or None if no tile divides N and K.
+
+    With a symbolic M (the batch is a runtime value) the largest fitting tile is taken; with
+    a static M, tiles are ranked by the padded rows they compute (fewer first), then by size.
+    """
+    fitting = [t for t in table if n % t.block_n == 0 and k % t.k_tile == 0
+               and t.shared_bytes <= STATIC_SHARED_LIMIT]
+    if not fitting:
+        return None
+    if m is None:
+        return fitting[0]
+    def waste(tile: MmaTile) -> float:
+        padded = -(-m // tile.block_m) * tile.block_m
+        return (padded - m) / padded
+    # Among tiles wasting under 1/8 of their rows, the largest; else the least wasteful.
+    good = [t for t in fitting if waste(t) < 0.125]
+    return good[0] if good else min(fitting, key=waste)
