@@ -12,6 +12,7 @@ the compiled artifact, on the same preprocessed images.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,15 +108,16 @@ class EvalResult:
     def as_dict(self) -> dict:
         row = {name: {f"top{k}": round(t.accuracy(k), 3) for k in TOP_K}
                for name, t in self.top.items()}
-        out = {"images": self.images, "accuracy": row}
+        out = {"images": self.images, "accuracy": row,
+               "images_per_model": {name: t.count for name, t in self.top.items()}}
         if self.compared:
             out.update(agreement=round(self.agreement, 3),
                        bit_exact_images=self.bit_exact, compared=self.compared)
         return out
 
     def table(self) -> str:
-        lines = [f"{'model':<22}{'top-1':>9}{'top-5':>9}"]
-        lines += [f"{name:<22}{t.accuracy(1):>8.2f}%{t.accuracy(5):>8.2f}%"
+        lines = [f"{'model':<22}{'top-1':>9}{'top-5':>9}{'images':>9}"]
+        lines += [f"{name:<22}{t.accuracy(1):>8.2f}%{t.accuracy(5):>8.2f}%{t.count:>9}"
                   for name, t in self.top.items()]
         if self.compared:
             lines.append(f"artifact vs reference: {self.agreement:.2f}% same predictions, "
@@ -145,24 +147,34 @@ def fp_predictor(fp_model: nn.Module) -> Predictor:
 
 def evaluate(batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              predictors: dict[str, Predictor], compare: tuple[str, str] | None = None,
-             total: int | None = None, progress: bool = True) -> EvalResult:
+             total: int | None = None, progress: bool = True,
+             every: dict[str, int] | None = None) -> EvalResult:
     """Top-1/top-5 of every predictor over (images, labels) batches; `compare` names the
-    (reference, artifact) pair whose int32 logits are checked image by image."""
+    (reference, artifact) pair whose int32 logits are checked image by image.
+
+    `every` samples slow predictors: {name: N} runs that one on batches 0, N, 2N, ... only
+    (its accuracy is over those images; the comparison too, where it is one of the pair)."""
+    every = every or {}
+    if any(n < 1 for n in every.values()):
+        raise ValueError(f"every: sampling intervals must be at least 1, got {every}")
     result = EvalResult(top={name: TopK() for name in predictors})
     bar = tqdm(batches, total=total, desc="evaluating", unit="batch", disable=not progress)
-    for images, labels in bar:
-        logits = {name: predict(images) for name, predict in predictors.items()}
+    start = time.perf_counter()
+    for index, (images, labels) in enumerate(bar):
+        logits = {name: predict(images) for name, predict in predictors.items()
+                  if index % every.get(name, 1) == 0}
         for name, out in logits.items():
             result.top[name].update(out, labels)
         result.images += len(labels)
-        if compare is not None:
+        if compare is not None and all(name in logits for name in compare):
             ref, art = (logits[name] for name in compare)
             result.compared += len(labels)
             result.same_prediction += int((ref.argmax(1) == art.argmax(1)).sum())
             result.bit_exact += int((ref.to(torch.int64) == art.to(torch.int64))
                                     .all(dim=1).sum())
+        rate = result.images / max(time.perf_counter() - start, 1e-9)
         bar.set_postfix_str(" ".join(f"{name} {t.accuracy(1):.1f}"
-                                     for name, t in result.top.items()))
+                                     for name, t in result.top.items()) + f", {rate:.1f} img/s")
     return result
 
 

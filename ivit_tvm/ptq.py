@@ -3,7 +3,8 @@
 Calibration follows I-ViT: every QuantAct tracks its input range by EMA (momentum 0.95) while
 fake-quant forwards run; the scales are then frozen. One more forward at the frozen scales
 leaves every integer buffer (weight_integer, bias_integer, I-LayerNorm's bias_integer) computed
-from the final scales, so `forward_integer` and a saved checkpoint agree with `forward`.
+from the final scales, so `forward_integer` and a saved checkpoint agree with `forward`; those
+buffers depend on the weights and scales only, so that forward takes a single image.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
         set_calibration(model, False)
         if last is None:
             raise ValueError("calibration needs at least one batch of images; got none")
-        model(last)  # refresh integer buffers at the frozen scales
+        model(last[:1])  # refresh integer buffers at the frozen scales (data-independent)
     return model
 
 

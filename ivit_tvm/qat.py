@@ -63,6 +63,12 @@ class QATResult:
     def start_top1(self) -> float:
         return self.history[0]["int_top1"]
 
+    @property
+    def steps_per_s(self) -> float | None:
+        """Mean training steps per second over the epochs run (None before any)."""
+        rates = [h["steps_per_s"] for h in self.history if "steps_per_s" in h]
+        return sum(rates) / len(rates) if rates else None
+
 
 def train_mode(model: nn.Module) -> None:
     """Fake-quant training: gradients on, activation ranges tracking from the stored scales."""
@@ -76,7 +82,7 @@ def freeze(model: nn.Module, images: torch.Tensor) -> None:
     (weight_integer, bias_integer) from the current weights, as `ptq.calibrate` does."""
     set_calibration(model, False)
     model.eval()
-    model(images)
+    model(images[:1])  # the buffers depend on weights and scales only, not on the images
 
 
 @torch.no_grad()
@@ -139,7 +145,8 @@ def finetune(model: nn.Module, train: Batches, val: Batches, settings: QATSettin
         train_mode(model)
         bar = tqdm(train, desc=f"QAT epoch {epoch}/{settings.epochs}", unit="batch",
                    disable=not progress, leave=False)
-        total_loss = batches = 0
+        total_loss = batches = images_seen = 0
+        epoch_start = time.perf_counter()
         for images, labels in bar:
             teacher_logits = None
             if teacher is not None and settings.distill_weight > 0:
@@ -154,10 +161,13 @@ def finetune(model: nn.Module, train: Batches, val: Batches, settings: QATSettin
             schedule.step()
             total_loss += loss.item()
             batches += 1
-            bar.set_postfix_str(f"loss {total_loss / batches:.4f}")
+            images_seen += len(labels)
+            rate = images_seen / max(time.perf_counter() - epoch_start, 1e-9)
+            bar.set_postfix_str(f"loss {total_loss / batches:.4f}, {rate:.1f} img/s")
+        speed = _speed(batches, images_seen, time.perf_counter() - epoch_start)
         freeze(model, refresh_images)
         top1 = integer_top1(model, val)
-        _record(result, epoch, total_loss / max(batches, 1), top1, log)
+        _record(result, epoch, total_loss / max(batches, 1), top1, log, speed)
         if top1 > result.best_top1:
             result.best_epoch, result.best_top1 = epoch, top1
             best_state = copy.deepcopy(model.state_dict())
@@ -168,14 +178,23 @@ def finetune(model: nn.Module, train: Batches, val: Batches, settings: QATSettin
     return result
 
 
+def _speed(steps: int, images: int, seconds: float) -> dict[str, float]:
+    """Training throughput of one epoch (forward, backward and optimizer step)."""
+    seconds = max(seconds, 1e-9)
+    return {"steps_per_s": round(steps / seconds, 3), "images_per_s": round(images / seconds, 2)}
+
+
 def _record(result: QATResult, epoch: int, loss: float | None, top1: float,
-            log: Callable[[str], None]) -> None:
-    result.history.append({"epoch": epoch, "train_loss": loss, "int_top1": round(top1, 3)})
+            log: Callable[[str], None], speed: dict[str, float] | None = None) -> None:
+    result.history.append({"epoch": epoch, "train_loss": loss, "int_top1": round(top1, 3),
+                           **(speed or {})})
     if epoch == 0:
         result.best_top1 = top1
         log(f"start: integer top-1 {top1:.2f}%")
     else:
-        log(f"epoch {epoch}: loss {loss:.4f}, integer top-1 {top1:.2f}%")
+        rate = (f" ({speed['steps_per_s']:.2f} steps/s, {speed['images_per_s']:.1f} img/s)"
+                if speed else "")
+        log(f"epoch {epoch}: loss {loss:.4f}, integer top-1 {top1:.2f}%{rate}")
 
 
 def _save(model: nn.Module, out: str | Path, result: QATResult, settings: QATSettings,

@@ -34,6 +34,13 @@ FP, REFERENCE, ARTIFACT = "FP (timm float)", "integer reference", "ivit-tvm arti
               help="Float timm weights for the FP row (e.g. the ones PTQ/QAT started from). "
                    "Default: the float parameters stored in CHECKPOINT.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--reference-every", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N",
+              help="Run the PyTorch models (the float model and the integer reference) on every "
+                   "N-th batch only; the artifact runs on every batch and is checked bit for "
+                   "bit against the reference on the sampled ones. With N > 1 a large "
+                   "evaluation takes about the artifact's time; the table gives each row's "
+                   "image count.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate a seeded random subset of this many images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --limit's subset.")
@@ -47,7 +54,7 @@ FP, REFERENCE, ARTIFACT = "FP (timm float)", "integer reference", "ivit-tvm arti
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @reports_errors
 def eval_cmd(checkpoint, data_dir, artifact, target_kind, no_artifact, fp_weights, batch_size,
-             limit, seed, workers, name, num_heads, config_items, json_out, quiet):
+             reference_every, limit, seed, workers, name, num_heads, config_items, json_out, quiet):
     """Evaluate CHECKPOINT (an I-ViT checkpoint) on the images under --data.
 
     Prints top-1/top-5 of the float model, the PyTorch integer reference and the compiled
@@ -69,7 +76,8 @@ def eval_cmd(checkpoint, data_dir, artifact, target_kind, no_artifact, fp_weight
             path = artifact or _compile(model, target_kind, Path(tmp) / "model.ivit",
                                         checkpoint, quiet)
             predictors[ARTIFACT] = _artifact_predictor(path, config, checkpoint)
-        result = _run(dataset, predictors, batch_size, workers, quiet, not no_artifact)
+        result = _run(dataset, predictors, batch_size, workers, quiet, not no_artifact,
+                      reference_every)
     click.echo(f"{checkpoint} on {data_dir}: {result.images} images")
     click.echo(result.table())
     if json_out is not None:
@@ -110,9 +118,11 @@ def _artifact_predictor(path: Path, config, checkpoint: Path):
     return artifact_predictor(load(path))
 
 
-def _run(dataset, predictors, batch_size: int, workers: int, quiet: bool, compare: bool):
+def _run(dataset, predictors, batch_size: int, workers: int, quiet: bool, compare: bool,
+         reference_every: int = 1):
     from ..evaluate import evaluate, loader
 
     batches = loader(dataset, batch_size, workers)
     return evaluate(batches, predictors, compare=(REFERENCE, ARTIFACT) if compare else None,
-                    total=len(batches), progress=not quiet)
+                    total=len(batches), progress=not quiet,
+                    every={FP: reference_every, REFERENCE: reference_every})

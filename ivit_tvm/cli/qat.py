@@ -91,7 +91,8 @@ def qat_cmd(checkpoint, data_dir, output, epochs, lr, weight_decay, batch_size, 
         note("no epoch beat the starting model: OUTPUT holds the starting model")
     click.echo(f"wrote {output}: integer top-1 on {len(val_set)} val images "
                f"{result.start_top1:.2f}% -> {result.best_top1:.2f}% (epoch "
-               f"{result.best_epoch} of {epochs}, {result.seconds:.0f} s)")
+               f"{result.best_epoch} of {epochs}, {result.seconds:.0f} s, "
+               f"{result.steps_per_s:.2f} QAT steps/s)")
 
 
 def _train_transform(img_size: int, augment: bool):

@@ -23,6 +23,12 @@ from ..models.fp_weights import parameter_names
 from ..ptq import calibrate, folder_batches, image_files, quantize_fp, random_batches
 from .common import CONTEXT, note, reports_errors
 
+# 128 images by default (was 1024): the EMA ranges (momentum 0.95) settle within a few
+# batches. Measured on the bundled digits model (450 test images, integer top-1): 512 images
+# 98.22%, 256 98.22%, 128 98.44%, 64 97.78%, 32 98.00%.
+DEFAULT_CALIB_BATCHES = 8
+DEFAULT_CALIB_BATCH_SIZE = 16
+
 
 @click.command("ivit-quantize", context_settings=CONTEXT)
 @click.argument("model")
@@ -38,10 +44,12 @@ from .common import CONTEXT, note, reports_errors
                    "subfolders), preprocessed as timm evaluates (resize to img_size/0.875, "
                    "center crop, ImageNet mean/std); or 'random' for standard-normal images "
                    "(latency work only).")
-@click.option("--num-batches", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Calibration batches to run (fewer if the folder has fewer images).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Images per calibration batch.")
+@click.option("--num-batches", type=click.IntRange(min=1), default=DEFAULT_CALIB_BATCHES,
+              show_default=True,
+              help="Calibration batches to run (fewer if the folder has fewer images). Each "
+                   "image costs one fake-quant forward (2-3x the float model's).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_CALIB_BATCH_SIZE,
+              show_default=True, help="Images per calibration batch.")
 @click.option("--img-size", type=click.IntRange(min=1),
               help="Input resolution in pixels. [default: the model's, e.g. 224]")
 @click.option("--num-classes", type=click.IntRange(min=1),
@@ -83,13 +91,15 @@ def quantize_cmd(model: str, weights: Path | None, random_init: bool, calib: str
         if num_classes is None:
             config = dataclasses.replace(config, num_classes=_weights_classes(config, fp_state))
     batches, count, images = _calibration_batches(calib, config, num_batches, batch_size, seed)
-    batches = tqdm(batches, total=count, desc="calibrating", unit="batch", disable=None)
+    bar = tqdm(total=images, desc="calibrating", unit="img", disable=None)
+    batches = _counted(batches, bar)
     torch.manual_seed(seed)
     if fp_state is None:
         note("randomly initialised weights: the model's predictions mean nothing")
         quantized = calibrate(build_model(config), batches)
     else:
         quantized = quantize_fp(config, fp_state, batches)
+    bar.close()
     name = ALIASES.get(model, model)
     save_checkpoint(quantized, output, metadata_extra={
         "model_name": name,
@@ -99,6 +109,14 @@ def quantize_cmd(model: str, weights: Path | None, random_init: bool, calib: str
     })
     click.echo(f"wrote {output}: {name}, {config_summary(config)}, calibrated on {images} "
                f"images")
+
+
+def _counted(batches, bar):
+    """The batches, advancing `bar` by each batch's images once the model has run it (the bar
+    shows images/s)."""
+    for images in batches:
+        yield images
+        bar.update(len(images))
 
 
 def _calibration_batches(calib: str, config, num_batches: int, batch_size: int, seed: int):

@@ -4,7 +4,11 @@
   gradients pass straight through (STE) as the float op each module approximates. QAT and
   calibration use this mode.
 - integer (integer tensors in): int8/int16/int32 tensors end to end through the functions in
-  `functional`, with no float op on the data. This is the reference compiled models match.
+  `functional`, evaluated by `fast` (exact: floats only where they hold every integer). This
+  is the reference compiled models match.
+
+Without autograd recording (calibration, evaluation) the fake-quant mode builds no
+straight-through surrogates: its value alone is the result.
 
 Every forward takes and returns (tensor, scale): the scale is a float32 tensor, shape (1,) or
 (C,) per channel on the last axis, metadata only. State-dict keys and buffer names are those of
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast
 from . import functional as qf
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
@@ -34,11 +39,6 @@ def requant_params(scale_in: torch.Tensor, scale_out: torch.Tensor):
     return qf.dyadic(ratio.reshape(-1))
 
 
-def _channels_last(value, like: torch.Tensor) -> torch.Tensor:
-    """Broadcast a (1,)/(C,) parameter against (..., C)."""
-    return torch.as_tensor(value, device=like.device)
-
-
 def ste(surrogate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     """Value of `exact`, gradient of `surrogate` (straight-through estimator)."""
     return surrogate + (exact - surrogate).detach()
@@ -46,7 +46,23 @@ def ste(surrogate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
 
 def to_int(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The integer behind a fake-quant float tensor: round(x / S) as int64 (no gradient)."""
-    return torch.round(x.detach() / scale.detach()).to(torch.int64)
+    return int_values(x, scale).to(torch.int64)
+
+
+def int_values(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """to_int's integers in x's float dtype (no gradient): what the fast kernels take."""
+    return torch.div(x.detach(), scale.detach()).round_()
+
+
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records this forward: only then is a straight-through surrogate built
+    (calibration and evaluation run without it: the value alone is the exact one)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def scaled(exact: torch.Tensor, scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """exact * S in like's dtype, for a fake-quant output without a gradient."""
+    return exact.to(like.dtype).mul_(scale)
 
 
 def is_integer(x: torch.Tensor) -> bool:
@@ -80,7 +96,7 @@ class QuantAct(nn.Module):
         self.min_val, self.max_val = -bound.max(), bound.max()
 
     def _observe(self, x: torch.Tensor) -> None:
-        cur_min, cur_max = x.detach().min(), x.detach().max()
+        cur_min, cur_max = torch.aminmax(x.detach())  # one pass
         if self.min_val is None or torch.equal(self.min_val, self.max_val):
             self.min_val, self.max_val = cur_min, cur_max
         else:
@@ -102,56 +118,80 @@ class QuantAct(nn.Module):
             return self._forward_integer(x, scale_in, identity, identity_scale)
         if self.running_stat:
             self._observe(x if identity is None else x + identity)
-        out_scale = self.scale()
+        out_scale = self.scale().to(x.device)
         if scale_in is None:
             q_out = self.quantize(x)
-            surrogate = x / out_scale
         else:
-            q_in = to_int(x, scale_in)
-            q_id = None if identity is None else to_int(identity, identity_scale)
-            q_out = self._requantize(q_in, scale_in, q_id, identity_scale)
-            surrogate = x / out_scale if identity is None else (x + identity) / out_scale
+            q_in = int_values(x, scale_in)
+            q_id = None if identity is None else int_values(identity, identity_scale)
+            q_out = self._requantize(q_in, scale_in, q_id, identity_scale)  # float64
+        if not needs_grad(x, identity):
+            return scaled(q_out, out_scale, x), out_scale
+        surrogate = x / out_scale if identity is None else (x + identity) / out_scale
         return ste(surrogate, q_out.to(x.dtype)) * out_scale, out_scale
 
-    def _requantize(self, q_in, scale_in, q_identity, identity_scale):
+    def _requantize(self, q_in, scale_in, q_identity, identity_scale) -> torch.Tensor:
+        """The requantized (and summed) integers as float64 values (fast.requantize*)."""
         multiplier, shift = requant_params(scale_in, self.scale())
-        multiplier, shift = _channels_last(multiplier, q_in), _channels_last(shift, q_in)
         if q_identity is None:
-            return qf.requantize(q_in, multiplier, shift, self.activation_bit)
+            return fast.requantize_values(q_in, multiplier, shift, self.activation_bit)
         multiplier_id, shift_id = requant_params(identity_scale, self.scale())
-        return qf.requantize_add(
-            q_in, multiplier, shift,
-            q_identity, _channels_last(multiplier_id, q_in), _channels_last(shift_id, q_in),
-            self.activation_bit,
-        )
+        return fast.requantize_add_values(q_in, multiplier, shift, q_identity, multiplier_id,
+                                          shift_id, self.activation_bit)
 
     def _forward_integer(self, q, scale_in, q_identity, identity_scale):
         if scale_in is None:
             raise ValueError("integer mode: QuantAct needs the input scale (use quantize())")
-        return self._requantize(q, scale_in, q_identity, identity_scale), self.scale()
+        q_out = self._requantize(q, scale_in, q_identity, identity_scale)
+        return q_out.to(qf.storage_dtype(self.activation_bit)), self.scale()
+
+
+def weight_codes(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's per-output-channel weight scale (out,) float32 and its integer weights (as
+    floats), without gradient. Cached until the weight changes: its version counter moves on
+    every in-place update (optimizer steps, load_state_dict), its storage on a copy or cast.
+    Tensors made under torch.inference_mode are cached apart (autograd cannot use them)."""
+    w = layer.weight
+    try:
+        version = w._version
+    except RuntimeError:  # an inference tensor has no version counter: no cache
+        version = None
+    key = (w.data_ptr(), version, w.dtype, w.device, tuple(w.shape), layer.weight_bit,
+           torch.is_inference_mode_enabled())
+    cached = layer.__dict__.get("_weight_codes")
+    if version is not None and cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    with torch.no_grad():
+        rows = w.reshape(w.shape[0], -1)
+        w_min, w_max = torch.aminmax(rows, dim=1)
+        w_scale = symmetric_scale(layer.weight_bit, w_min, w_max)  # (out,)
+        w_scale_b = w_scale.reshape(-1, *([1] * (w.dim() - 1)))
+        w_int = torch.round(w / w_scale_b).clamp_(*qf.qrange(layer.weight_bit))
+    layer.__dict__["_weight_codes"] = (key, w_scale, w_int)
+    return w_scale, w_int
 
 
 def quantize_weights(layer: nn.Module, scale_in: torch.Tensor, scale_buffer: str):
     """Fake-quantize a layer's weight (per output channel) and bias (at S_w * S_x).
 
-    Returns (w_q, b_q, S_b): float tensors holding integers with STE gradients, and the (out,)
-    float32 output scale. Refreshes the layer's integer buffers, as I-ViT's forward does.
+    Returns (w_q, b_q, S_b): float tensors holding integers (with STE gradients when autograd
+    records), and the (out,) float32 output scale. Refreshes the layer's integer buffers, as
+    I-ViT's forward does.
     """
     w = layer.weight
-    rows = w.detach().reshape(w.shape[0], -1)
-    w_scale = symmetric_scale(layer.weight_bit, rows.min(dim=1).values, rows.max(dim=1).values)
+    w_scale, w_int = weight_codes(layer)
+    grad = needs_grad(w, layer.bias)
     w_scale_b = w_scale.reshape(-1, *([1] * (w.dim() - 1)))
-    w_low, w_high = qf.qrange(layer.weight_bit)
-    w_q = ste(w / w_scale_b, torch.round(w.detach() / w_scale_b).clamp(w_low, w_high))
+    w_q = ste(w / w_scale_b, w_int) if grad else w_int
     bias_scale = w_scale * scale_in.reshape(-1).to(torch.float32)  # (out,) float32
     b_q = None
     if layer.bias is not None:
         b_low, b_high = qf.qrange(layer.bias_bit)
-        b_q = ste(layer.bias / bias_scale,
-                   torch.round(layer.bias.detach() / bias_scale).clamp(b_low, b_high))
+        b_int = torch.round(layer.bias.detach() / bias_scale).clamp(b_low, b_high)
+        b_q = ste(layer.bias / bias_scale, b_int) if grad else b_int
     with torch.no_grad():
-        setattr(layer, scale_buffer, w_scale.detach().clone())
-        layer.weight_integer = w_q.detach().clone()
+        setattr(layer, scale_buffer, w_scale.clone())
+        layer.weight_integer = w_int.clone()
         if b_q is not None:
             layer.bias_integer = b_q.detach().clone()
     return w_q, b_q, bias_scale
@@ -178,8 +218,7 @@ class QuantLinear(nn.Linear):
 
     def forward(self, x, scale_in):
         if is_integer(x):
-            bias_q = None if self.bias_integer is None else self.bias_integer.to(torch.int64)
-            acc = qf.integer_linear(x, self.weight_integer.to(torch.int64), bias_q)
+            acc = fast.integer_linear(x, self.weight_integer, self.bias_integer)
             return acc, self.output_scale(scale_in)
         w_q, b_q, bias_scale = quantize_weights(self, scale_in, "fc_scaling_factor")
         x_int = x / scale_in.reshape(-1)
@@ -208,10 +247,8 @@ class QuantConv2d(nn.Conv2d):
     def forward(self, x, scale_in):
         if is_integer(x):
             patches = image_to_patches(x, self.kernel_size)  # (B, Hp, Wp, C*p*p)
-            acc = qf.integer_linear(
-                patches,
-                self.weight_integer.reshape(self.out_channels, -1).to(torch.int64),
-                self.bias_integer.to(torch.int64),
+            acc = fast.integer_linear(
+                patches, self.weight_integer.reshape(self.out_channels, -1), self.bias_integer,
             )  # (B, Hp, Wp, D) int32
             return acc.permute(0, 3, 1, 2), self.output_scale(scale_in)
         w_q, b_q, bias_scale = quantize_weights(self, scale_in, "conv_scaling_factor")
@@ -242,7 +279,7 @@ class QuantMatMul(nn.Module):
         scale = self.output_scale(scale_a, scale_b)
         self.act_scaling_factor = scale.detach().clone()
         if is_integer(a):
-            return qf.integer_matmul(a, b), scale
+            return fast.integer_matmul(a, b), scale
         return ((a / scale_a) @ (b / scale_b)) * scale, scale
 
 
@@ -262,8 +299,10 @@ class IntSoftmax(nn.Module):
         self.act_scaling_factor = out_scale.clone()
         x0 = qf.exp_x0(scale_in)
         if is_integer(x):
-            return qf.shiftmax(x, x0, self.output_bit, mask), out_scale
-        y = qf.shiftmax(to_int(x, scale_in), x0, self.output_bit, mask)
+            return fast.shiftmax(x, x0, self.output_bit, mask), out_scale
+        y = fast.shiftmax(int_values(x, scale_in), x0, self.output_bit, mask)
+        if not needs_grad(x):
+            return scaled(y, out_scale, x), out_scale
         logits = x if mask is None else x.masked_fill(mask.to(torch.bool), float("-inf"))
         surrogate = F.softmax(logits, dim=-1) / out_scale
         return ste(surrogate, y.to(x.dtype)) * out_scale, out_scale
@@ -288,8 +327,10 @@ class IntGELU(nn.Module):
         self.act_scaling_factor = out_scale.detach().clone()
         x0 = qf.gelu_x0(scale_in)
         if is_integer(x):
-            return qf.shiftgelu(x, x0), out_scale
-        y = qf.shiftgelu(to_int(x, scale_in), x0)
+            return fast.shiftgelu(x, x0), out_scale
+        y = fast.shiftgelu(int_values(x, scale_in), x0)
+        if not needs_grad(x):
+            return scaled(y, out_scale, x), out_scale
         surrogate = x * torch.sigmoid(qf.GELU_SIGMOID_ALPHA * x) / out_scale
         return ste(surrogate, y.to(x.dtype)) * out_scale, out_scale
 
@@ -318,12 +359,14 @@ class IntLayerNorm(nn.LayerNorm):
     def forward(self, x, scale_in):
         out_scale = self.output_scale().to(x.device)
         if is_integer(x):
-            return qf.int_layernorm(x, self.bias_integer.to(torch.int64)), out_scale
+            return fast.int_layernorm(x, self.bias_integer), out_scale
         bias_q = self.integer_bias()
         with torch.no_grad():
             self.bias_integer = bias_q.clone()
             self.norm_scaling_factor = out_scale.clone()
-        y = qf.int_layernorm(to_int(x, scale_in), bias_q.to(torch.int64))
+        y = fast.int_layernorm(int_values(x, scale_in), bias_q)
+        if not needs_grad(x, self.weight, self.bias):
+            return scaled(y, out_scale, x), out_scale
         surrogate = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return ste(surrogate / out_scale, y.to(x.dtype)) * out_scale, out_scale
 
@@ -348,5 +391,5 @@ def quant_act_bits(model: nn.Module) -> dict[str, int]:
 __all__ = [
     "QuantAct", "QuantLinear", "QuantConv2d", "QuantMatMul", "IntSoftmax", "IntGELU",
     "IntLayerNorm", "symmetric_scale", "requant_params", "attention_scale", "set_calibration",
-    "quant_act_bits", "image_to_patches", "quantize_weights",
+    "quant_act_bits", "image_to_patches", "quantize_weights", "weight_codes",
 ]

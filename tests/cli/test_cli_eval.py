@@ -16,6 +16,7 @@ from support import DEIT, SWIN, images, quantized
 from ivit_tvm import data
 from ivit_tvm.cli.eval import ARTIFACT, FP, REFERENCE, eval_cmd
 from ivit_tvm.evaluate import TopK, build_fp_model, fp_model_from_quantized
+from ivit_tvm.evaluate import evaluate as evaluate_batches
 from ivit_tvm.ptq import quantize_fp, random_batches
 
 PER_CLASS = 2
@@ -78,6 +79,45 @@ def test_no_artifact_limit_and_fp_weights(folder, tmp_path):
     assert report["images"] == 7
     assert set(report["accuracy"]) == {FP, REFERENCE}
     assert "agreement" not in report
+
+
+def test_reference_every_samples_the_pytorch_models(folder, tmp_path):
+    """20 images in batches of 4, every 2nd batch: batches 0, 2, 4 (12 images) for the PyTorch
+    rows; the same accuracy as a full run restricted to those images."""
+    result, report = evaluate("--data", folder, "--no-artifact", "--batch-size", "4",
+                              "--reference-every", "2", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert report["images"] == 10 * PER_CLASS
+    assert report["images_per_model"] == {FP: 12, REFERENCE: 12}
+    line = next(row for row in result.stdout.splitlines() if row.startswith(REFERENCE))
+    assert line.split()[-1] == "12"
+
+
+def test_evaluate_compares_artifact_on_sampled_batches_only():
+    """The artifact runs on every batch; the comparison only where the reference ran, and a
+    difference there is counted."""
+    calls = {"ref": 0, "art": 0}
+
+    def predictor(name, offset):
+        def predict(images):
+            calls[name] += 1
+            logits = torch.zeros(len(images), 3, dtype=torch.int32)
+            logits[:, 0] = 1 + offset
+            return logits
+        return predict
+
+    batches = [(torch.zeros(2, 1), torch.zeros(2, dtype=torch.int64))] * 5
+    result = evaluate_batches(batches, {"ref": predictor("ref", 0), "art": predictor("art", 0)},
+                              compare=("ref", "art"), progress=False, every={"ref": 3})
+    assert calls == {"ref": 2, "art": 5}  # batches 0 and 3
+    assert (result.compared, result.bit_exact, result.images) == (4, 4, 10)
+    assert result.top["ref"].count == 4 and result.top["art"].count == 10
+    differing = evaluate_batches(batches, {"ref": predictor("ref", 0),
+                                           "art": predictor("art", 1)},
+                                 compare=("ref", "art"), progress=False, every={"ref": 2})
+    assert (differing.compared, differing.bit_exact) == (6, 0)
+    with pytest.raises(ValueError, match="at least 1"):
+        evaluate_batches(batches, {"ref": predictor("ref", 0)}, every={"ref": 0})
 
 
 def test_folder_with_other_class_count_is_refused(tmp_path):

@@ -57,6 +57,14 @@ def test_qat_improves_degraded_checkpoint(run):
     assert result.best_top1 > result.start_top1 + 5
 
 
+def test_training_speed_is_recorded(run):
+    _, result, out = run
+    epoch = result.history[1]
+    assert epoch["steps_per_s"] > 0 and epoch["images_per_s"] > epoch["steps_per_s"]
+    assert result.steps_per_s == epoch["steps_per_s"]
+    assert "steps_per_s" not in result.history[0]  # the starting model is not trained
+
+
 def test_model_holds_best_epoch_frozen(run):
     model, result, _ = run
     assert integer_top1(model, digits_batches("test", VAL_IMAGES, VAL_IMAGES)) == pytest.approx(
@@ -104,6 +112,7 @@ def test_qat_command_writes_best_checkpoint(tmp_path):
         "--lr", "3e-3", "--no-augment", "--batch-size", "15", "--quiet"])
     assert result.exit_code == 0, result.output
     assert f"wrote {out}: integer top-1 on 20 val images" in result.stdout
+    assert "QAT steps/s)" in result.stdout
     _, info = load_checkpoint(out)
     assert info.meta["qat_from"] == str(start)
     assert info.meta["qat"]["best_int_top1"] >= info.meta["qat"]["history"][0]["int_top1"]

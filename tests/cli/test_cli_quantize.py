@@ -13,7 +13,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ivit_tvm.checkpoint import load_checkpoint, save_checkpoint
-from ivit_tvm.cli.quantize import quantize_cmd
+from ivit_tvm.cli.quantize import (
+    DEFAULT_CALIB_BATCH_SIZE,
+    DEFAULT_CALIB_BATCHES,
+    _counted,
+    quantize_cmd,
+)
 from ivit_tvm.models import build_model, model_config
 from ivit_tvm.models.fp_weights import parameter_names
 from ivit_tvm.ptq import calibrate, folder_batches, random_batches
@@ -90,6 +95,30 @@ def test_random_init_overwrites_with_force(tmp_path):
     assert info.meta["weights"] == "random-init" and info.config.img_size == 32
     logits, _ = model.forward_integer(torch.randn(1, 3, 32, 32))
     assert logits.shape == (1, 1000)
+
+
+def test_default_calibration_and_image_counting_bar(tmp_path):
+    out = tmp_path / "q.pth"
+    result = run("deit_tiny", "--random-init", "--calib", "random", "--img-size", "32",
+                 "-o", out)
+    assert result.exit_code == 0, result.output
+    _, info = load_checkpoint(out)
+    calibration = info.meta["calibration"]
+    assert (calibration["num_batches"], calibration["batch_size"]) == (
+        DEFAULT_CALIB_BATCHES, DEFAULT_CALIB_BATCH_SIZE)
+    assert calibration["num_images"] == DEFAULT_CALIB_BATCHES * DEFAULT_CALIB_BATCH_SIZE
+
+    class Bar:
+        n = 0
+
+        def update(self, count):
+            self.n += count
+
+    bar = Bar()
+    seen = []
+    for _batch in _counted(iter([torch.zeros(3, 1), torch.zeros(2, 1)]), bar):
+        seen.append(bar.n)  # the bar moves once the batch has been run
+    assert seen == [0, 3] and bar.n == 5
 
 
 def test_refuses_existing_output_without_force(tmp_path):
