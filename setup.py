@@ -12,7 +12,8 @@ setup(
         f"ivit_tvm.{name}" for name in find_packages(include=["schedules*", "benchmarks*"])
     ],
     package_dir={"ivit_tvm.schedules": "schedules", "ivit_tvm.benchmarks": "benchmarks"},
-    package_data={"ivit_tvm": ["data/*"], "ivit_tvm.schedules.cuda": ["*.c"]},
+    package_data={"ivit_tvm": ["data/*"], "ivit_tvm.schedules.cuda": ["*.c"],
+                  "ivit_tvm.schedules": ["tuned/*/*.json"]},  # ivit-tune's databases
     install_requires=[
         "apache-tvm[meta-schedule,rpc]==0.27.0.post1",
         "apache-tvm-ffi==0.1.14.post0",
@@ -28,11 +29,13 @@ setup(
         "console_scripts": [
             "ivit-quantize=ivit_tvm.cli.quantize:quantize_cmd",
             "ivit-compile=ivit_tvm.cli.compile:compile_cmd",
+            "ivit-tune=ivit_tvm.cli.tune:tune_cmd",
             "ivit-run=ivit_tvm.cli.run:run_cmd",
             "ivit-eval=ivit_tvm.cli.eval:eval_cmd",
             "ivit-qat=ivit_tvm.cli.qat:qat_cmd",
             "ivit-demo=ivit_tvm.cli.demo:demo_cmd",
             "ivit-bench=ivit_tvm.benchmarks.cli:bench_cmd",
+            "ivit-profile=ivit_tvm.benchmarks.profile:profile_cmd",
         ],
     },
 )

@@ -25,6 +25,8 @@ from .artifact import LIBRARY, AtomicFolder, check_output_path, write_manifest
 from .frontend import FrontendResult, from_model
 from .manifest import file_sha256
 from .schedules.backend import TargetInfo, get_backend, make_target
+from .schedules.tuning.apply import tuned_schedules
+from .schedules.tuning.database import open_database
 
 
 @dataclass
@@ -34,6 +36,7 @@ class CompileReport:
     seconds: dict = field(default_factory=dict)  # stage -> wall seconds
     library_bytes: int = 0
     contents: str = ""
+    tuned_kernels: list[str] = field(default_factory=list)  # schedules from the tuning database
 
     @property
     def total_seconds(self) -> float:
@@ -74,12 +77,17 @@ def temporary_files_in(folder: Path):
 def compile_model(model, target: TargetInfo, out: str | os.PathLike,
                   batch: int | None = None, force: bool = False, source: str = "",
                   progress: bool = True, checkpoint_sha256: str | None = None,
-                  assumed: dict[str, str] | None = None) -> CompileReport:
+                  assumed: dict[str, str] | None = None,
+                  tuning_db=None) -> CompileReport:
     """Compile a loaded, frozen I-ViT model into an artifact folder at `out` (target: from
     make_target); `checkpoint_sha256` (of the file it was loaded from) goes in the manifest,
     and so do the configuration fields taken from a convention (`assumed`, from
-    CheckpointInfo.assumed: {field: convention})."""
+    CheckpointInfo.assumed: {field: convention}). Kernels with a record in the tuning database
+    (the folder `tuning_db` from ivit-tune, or its opened database; default: the package's
+    for the target) take its schedule; the manifest lists them as "tuned_kernels"."""
     out = check_output_path(out, force)
+    if isinstance(tuning_db, str | os.PathLike):
+        tuning_db = open_database(tuning_db)
     backend = get_backend(target.kind)
     report = CompileReport(out=out, target=json.loads(str(target.target)))
     stages = ["frontend", "graph passes", "build", "export"]
@@ -103,7 +111,9 @@ def compile_model(model, target: TargetInfo, out: str | os.PathLike,
             result = apply_graph_passes(result)
             done("graph passes", t)
             t = stage("build")
-            built = backend.build(result.mod, target)
+            with tuned_schedules(tuning_db) as tuned:
+                built = backend.build(result.mod, target)
+            report.tuned_kernels = sorted(tuned.applied)
             done("build", t)
             t = stage("export")
             report.contents = backend.export(built, target, folder / LIBRARY)
@@ -124,6 +134,9 @@ def compile_model(model, target: TargetInfo, out: str | os.PathLike,
                 "entry_points": {"main": "float32 NCHW images -> int32 logits",
                                  "main_int8": "int8 NCHW images -> int32 logits"},
                 "contents": report.contents,
+                "tuned_kernels": report.tuned_kernels,
+                # CUDA: each GEMM's strategy (mma / dp4a) and tile, as the schedule chose them
+                "gemm_kernels": list(getattr(built, "gemms", [])),
                 "versions": versions(),
                 "compile_seconds": report.seconds,
             })
@@ -136,14 +149,17 @@ def compile_model(model, target: TargetInfo, out: str | os.PathLike,
 def compile_checkpoint(checkpoint: str | os.PathLike, target_kind: str, out: str | os.PathLike,
                        arch: str | None = None, mcpu: str | None = None,
                        batch: int | None = None, force: bool = False, name: str | None = None,
-                       progress: bool = True, given: dict | None = None) -> CompileReport:
+                       progress: bool = True, given: dict | None = None,
+                       tuning_db: str | os.PathLike | None = None) -> CompileReport:
     """Load a checkpoint (ivit_tvm.checkpoint; `name` and `given` fields supply what it cannot
     tell) and compile it (see compile_model)."""
     from .checkpoint import load_checkpoint
 
     target = make_target(target_kind, arch=arch, mcpu=mcpu)
     check_output_path(out, force)
+    database = open_database(tuning_db) if tuning_db is not None else None
     model, info = load_checkpoint(checkpoint, name=name, **(given or {}))
     return compile_model(model, target, out, batch=batch, force=force,
                          source=str(Path(checkpoint).resolve()), progress=progress,
-                         checkpoint_sha256=file_sha256(checkpoint), assumed=info.assumed)
+                         checkpoint_sha256=file_sha256(checkpoint), assumed=info.assumed,
+                         tuning_db=database)

@@ -21,8 +21,13 @@ def parse_batch(value: str) -> int | None:
 @click.command("ivit-compile", context_settings=CONTEXT)
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--target", "target_kind", type=click.Choice(["llvm", "cuda"]), required=True,
-              help="llvm: a native library for this machine's CPU (x86 VNNI when present). "
-                   "cuda: NVIDIA GPU kernels (int8 DP4A GEMMs, no tensor cores yet) for --arch.")
+              help="llvm: a native library for --mcpu's CPU; the int8 GEMMs use AVX-512 VNNI "
+                   "(vpdpbusd/vpdpwssd on zmm), else AVX-VNNI (the same on ymm), else AVX2 "
+                   "(vpmaddwd on int16-widened operands), else vectorized loops. cuda: NVIDIA "
+                   "GPU kernels for --arch: on sm_80 and newer the dense GEMMs whose N and K fit "
+                   "a tile run on int8 tensor cores (mma.sync m16n8k32, ldmatrix, cp.async); "
+                   "the rest (sm_61-sm_75, the head, attention) on dp4a; row kernels a warp per "
+                   "row. Every form is bit-exact with the PyTorch reference.")
 @click.option("--arch", default=None, metavar="sm_XX",
               help="CUDA architecture, e.g. sm_80 (A100), sm_86, sm_89, sm_90 (H100/H200). "
                    "Default: the local GPU's; required on a machine without one. Ignored for "
@@ -41,11 +46,16 @@ def parse_batch(value: str) -> int | None:
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
               help="Artifact folder to write (model.so + ivit_artifact.json). Written "
                    "atomically: a failed compile leaves nothing behind.")
+@click.option("--tuning-db", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=None, metavar="DIR",
+              help="A tuning database written by ivit-tune: kernels it has a record for (at this "
+                   "--batch) take the tuned schedule, the rest the hand-written ones. Default: "
+                   "the database shipped in the package for this target, if any.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
 def compile_cmd(checkpoint, target_kind, arch, mcpu, batch, name, num_heads, config_items, out,
-                force, quiet):
+                tuning_db, force, quiet):
     """Compile an I-ViT CHECKPOINT (from ivit-quantize or I-ViT's own training code) into
     integer-only kernels. The artifact runs with `ivit-run` or `ivit_tvm.load(OUT)` and the
     TVM runtime alone; its logits equal the PyTorch integer reference bit for bit."""
@@ -55,7 +65,7 @@ def compile_cmd(checkpoint, target_kind, arch, mcpu, batch, name, num_heads, con
     with announced_assumptions():
         report = compile_checkpoint(checkpoint, target_kind, out, arch=arch, mcpu=mcpu,
                                     batch=parse_batch(batch), force=force, name=name,
-                                    progress=not quiet, given=given)
+                                    progress=not quiet, given=given, tuning_db=tuning_db)
     size_mb = report.library_bytes / 2**20
     click.echo(f"wrote {report.out} ({size_mb:.1f} MiB, {report.total_seconds:.1f} s): "
                f"{report.contents}")
