@@ -32,7 +32,8 @@ RESULTS_ROOT = Path("benchmark-results")  # relative to the current directory
                    "GPU; --quick: 1]")
 @click.option("-e", "--engine", "engines", multiple=True,
               help="Engine (repeatable): ivit-tvm, tvm-fp32, torch-fp32, ort-fp32, ort-int8, "
-                   "torch-fp16, torch-bf16, trt-fp16, trt-int8. [default: all; those that "
+                   "ov-fp32, ov-int8 (OpenVINO; INT8: NNCF PTQ), torch-fp16, torch-bf16, "
+                   "trt-fp16, trt-int8. [default: all; those that "
                    "cannot run here are listed as skipped]")
 @click.option("--quick", is_flag=True,
               help="A smoke run: the tiny model, batch 1, 1 warm-up, at most 5 rounds or 1 s.")
@@ -58,10 +59,14 @@ RESULTS_ROOT = Path("benchmark-results")  # relative to the current directory
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep checkpoints, ONNX files and compiled libraries here. [default: a "
                    "temporary folder, removed at the end]")
+@click.option("--profile", is_flag=True,
+              help="Also profile each model's ivit-tvm artifact per kernel kind at every batch "
+                   "(as ivit-profile does, beside ov-int8's per-layer counters when it ran), "
+                   "into profile-MODEL.md and .json in the results folder.")
 @reports_errors
 def bench_cmd(models, batches, engines, quick, warmup, repeats, budget_s, threads, mcpu,
-              wait_quiet, results_dir, work_dir) -> None:
-    """Benchmark ivit-tvm INT8 against TVM FP32, PyTorch, ONNX Runtime (and, on a GPU,
+              wait_quiet, results_dir, work_dir, profile) -> None:
+    """Benchmark ivit-tvm INT8 against TVM FP32, PyTorch, ONNX Runtime, OpenVINO (and, on a GPU,
     PyTorch FP16/BF16 and TensorRT), all loaded and warmed up first, then timed in alternating
     rounds: median latency, spread, images/s, per-round ratio to ivit-tvm (median and spread),
     peak memory and deployed weight size. Prints a Markdown table and writes it with the JSON
@@ -90,12 +95,22 @@ def bench_cmd(models, batches, engines, quick, warmup, repeats, budget_s, thread
     plan = Plan(specs, batch_list, keys, settings, timing, quick=quick, wait_quiet_s=wait_quiet)
     folder = results_dir / f"{machine_slug()}-{datetime.date.today().isoformat()}" \
                            f"{'-quick' if quick else ''}"
+    if profile and "ivit-tvm" not in keys:
+        raise ValueError("--profile profiles the ivit-tvm engine's artifacts: add -e ivit-tvm")
     work = work_dir or Path(tempfile.mkdtemp(prefix="ivit-bench-"))
     try:
         results = run_benchmark(plan, work)
+        if profile:
+            from ivit_tvm.benchmarks.profile import profile_bench_artifacts
+
+            profiles = profile_bench_artifacts(specs, batch_list, settings.threads, work,
+                                               folder, timing["warmup"],
+                                               min(timing["repeats"], 20))
     finally:
         if work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     paths = write_results(results, folder)
     click.echo(markdown(results), nl=False)
     note(f"wrote {', '.join(str(p) for p in paths.values())}")
+    if profile:
+        note(f"wrote {', '.join(map(str, profiles))}")

@@ -31,7 +31,7 @@ NOTES = (
     "processes excluded); those rounds are listed below the table and in the JSON "
     "(\"rounds\").",
     "Weights: the deployed file (TVM: the exported library with weights as constants; ONNX "
-    "Runtime: the .onnx file; PyTorch: the float state dict).",
+    "Runtime: the .onnx file; OpenVINO: the IR .xml + .bin; PyTorch: the float state dict).",
     "Weights are random and scales calibrated on random images (latency does not depend on "
     "them); the float engines hold the quantized checkpoint's float weights.",
     "TVM FP32 scheduling effort: the same target and the same Relax pipeline as ivit-tvm, with "
