@@ -4,6 +4,7 @@ importing nothing from the repository."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -86,3 +87,7 @@ def test_installed_ivit_compile_builds_cuda_without_a_gpu(site, tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert (out / "model.so").is_file() and (out / "ivit_artifact.json").is_file()
+    gemms = json.loads((out / "ivit_artifact.json").read_text())["gemm_kernels"]
+    strategies = {row["primfunc"]: row["strategy"] for row in gemms}
+    assert "mma" in strategies.values(), gemms  # sm_90: tensor cores where a tile fits
+    assert all(row["tile"] for row in gemms), gemms
