@@ -162,14 +162,7 @@ class IntegerGemm(GPUScheduleRule):
         main = match.block
 
         # C[S, I, J] += A[S, I, K] * B[S, J, K], each padded to whole tiles.
-        reindex_a = sch.reindex(main, ("read", 0))
-        reindex_b = sch.reindex(main, ("read", 1))
-        reindex_c = sch.reindex(main, ("write", 0))
-        matmul_map, a_map, b_map, c_map = get_index_map(sch.get(main))
-        sch.transform_layout(reindex_a, ("write", 0), a_map)
-        sch.transform_layout(reindex_b, ("write", 0), b_map)
-        sch.transform_layout(reindex_c, ("read", 0), c_map)
-        sch.transform_block_layout(main, matmul_map)
+        mma.reindex_gemm(sch, main)
         sch.pad_einsum(main, [1, tile.block_y, tile.block_x, tile.k_tile])
 
         batch, y, x, k = sch.get_loops(main)

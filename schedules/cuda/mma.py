@@ -74,8 +74,9 @@ def gemm_shape(func: tirx.PrimFunc, block_name: str) -> GemmShape | None:
     return GemmShape(batch, m, n, k)
 
 
-def _normalise(sch: s_tir.Schedule, main) -> None:
-    """Reindex the GEMM block to C[S, I, J] += A[S, I, K] * B[S, J, K] (dlight's maps)."""
+def reindex_gemm(sch: s_tir.Schedule, main) -> list[tuple]:
+    """Reindex the GEMM block to C[S, I, J] += A[S, I, K] * B[S, J, K] (dlight's maps), as
+    both the mma and the dp4a rules start; returns (copy block, index map) for A, B and C."""
     reindex_a = sch.reindex(main, ("read", 0))
     reindex_b = sch.reindex(main, ("read", 1))
     reindex_c = sch.reindex(main, ("write", 0))
@@ -84,9 +85,15 @@ def _normalise(sch: s_tir.Schedule, main) -> None:
     sch.transform_layout(reindex_b, ("write", 0), b_map)
     sch.transform_layout(reindex_c, ("read", 0), c_map)
     sch.transform_block_layout(main, matmul_map)
+    return [(reindex_a, a_map), (reindex_b, b_map), (reindex_c, c_map)]
+
+
+def _normalise(sch: s_tir.Schedule, main) -> None:
+    """reindex_gemm, with the copies iterating over the normalised indices too."""
+    copies = reindex_gemm(sch, main)
     # Copies iterate over the normalised indices too (when tokens is a multiple of 16 the
     # layout change keeps them on (batch, tokens), which blocks inlining them into the fetch).
-    for block, index_map in ((reindex_a, a_map), (reindex_b, b_map), (reindex_c, c_map)):
+    for block, index_map in copies:
         iters = sch.get(block).iter_vars
         if len(iters) == len(index_map.initial_indices) and len(iters) > 2:
             sch.transform_block_layout(block, index_map)
