@@ -342,11 +342,11 @@ def profile_bench_artifacts(specs, batches: list[int], threads: int, work: Path,
     """`ivit-bench --profile`: profile the ivit-tvm artifact ivit-bench compiled for each
     model (in its work folder), beside the ov-int8 IR it wrote there if any; writes
     profile-MODEL.md and .json into `folder` and returns their paths."""
-    from .run import _slug  # run_benchmark's folder name for a model under `work`
+    from .run import model_folder_name  # run_benchmark's folder name for a model under `work`
 
     paths = []
     for spec in specs:
-        models = work / _slug(spec.text)
+        models = work / model_folder_name(spec.text)
         artifact = models / "ivit_int8.ivit"
         if not artifact.is_dir():
             note(f"{spec.label}: no ivit-tvm artifact to profile (its prepare failed)")

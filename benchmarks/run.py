@@ -67,7 +67,7 @@ def run_benchmark(plan: Plan, work: Path, progress: bool | None = None) -> dict:
                unit="step", disable=progress is False)
     try:
         for spec in plan.models:
-            folder = work / _slug(spec.text)
+            folder = work / model_folder_name(spec.text)
             bar.set_postfix_str(f"{spec.label}: model")
             try:
                 workload = make_workload(spec, folder)
@@ -189,7 +189,9 @@ def _row(spec: ModelSpec, engine, batch: int) -> dict:
             "precision": engine.precision, "batch": batch}
 
 
-def _slug(text: str) -> str:
+def model_folder_name(text: str) -> str:
+    """The folder under the work folder that run_benchmark gives a model spec (also found by
+    profile.py)."""
     return "".join(c if c.isalnum() else "_" for c in text)
 
 

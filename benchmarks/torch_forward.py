@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from ivit_tvm.benchmarks.machine import cpu_model
 
 from ivit_tvm.evaluate import build_fp_model
 from ivit_tvm.models import model_config
@@ -109,16 +109,6 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     times = measure(runs, args.rounds, args.batch)
     result = {
         "model": args.model, "batch": args.batch, "threads": args.threads,
-        "rounds": args.rounds, "cpu": cpu_name(), "torch": torch.__version__,
+        "rounds": args.rounds, "cpu": cpu_model(), "torch": torch.__version__,
         "ms_per_image": {name: {"median": statistics.median(v), "min": min(v), "all": v}
                          for name, v in times.items()},
         "ratio_to_float": ratios(times, FLOAT),

@@ -20,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .inputs import seeded_int8
+from .check import gemm_operands
 from .tvm_runtime import CARRY, import_tvm, load_vm
 
 # artifact name -> timm model name (random weights)
@@ -144,8 +144,7 @@ def bench_gemms(args, report, save, tvm, device, sync) -> None:
     peak = next((tops for gpu, tops in INT8_TC_PEAK_TOPS.items()
                  if gpu in report.get("torch", {}).get("device", "")), None)
     for index, (name, (m, k, n)) in enumerate(entry["shapes"].items()):
-        x_q = seeded_int8(entry["input_seed"] + index, (m, k))  # (M, K) int8
-        weight_q = seeded_int8(100 + index, (n, k))  # (N, K) int8
+        x_q, weight_q, _ = gemm_operands(entry, name, index)  # (M, K), (N, K) int8
         if args.dry_run:
             print(f"dry run: gemm {name} operands {x_q.shape} x {weight_q.shape}", flush=True)
             continue

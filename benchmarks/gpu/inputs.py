@@ -16,7 +16,7 @@ def seeded_images(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     """float32 images of `shape` (B, C, H, W) from `seed`, bit-identical on every machine."""
     rng = np.random.Generator(np.random.PCG64(seed))
     q = rng.integers(-LEVELS, LEVELS, size=shape, dtype=np.int32)  # (B, C, H, W) int32
-    return (q.astype(np.float32) / np.float32(256)).astype(np.float32)
+    return q.astype(np.float32) / np.float32(256)
 
 
 def seeded_int8(seed: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -99,11 +99,9 @@ def _scaled_rounded(q: torch.Tensor, multiplier, shift, q_bound: int | None):
     return torch.mul(q, factor).round_()  # (..., C) float64, one pass from any dtype
 
 
-def requantize_values(q: torch.Tensor, multiplier, shift, bits: int,
-                      q_bound: int | None = None) -> torch.Tensor:
-    """functional.requantize as float64 integer values; q_bound: a known bound on |q|."""
-    q_bound = max_abs(q) if q_bound is None else q_bound
-    out = _scaled_rounded(q, multiplier, shift, q_bound)
+def requantize_values(q: torch.Tensor, multiplier, shift, bits: int) -> torch.Tensor:
+    """functional.requantize as float64 integer values."""
+    out = _scaled_rounded(q, multiplier, shift, max_abs(q))
     if out is None:
         return qf.requantize(_as_int64(q), multiplier, shift, bits).to(torch.float64)
     return out.clamp_(*qrange(bits))
