@@ -43,6 +43,12 @@ class CompileReport:
         return sum(self.seconds.values())
 
 
+def lower_model(model, target: TargetInfo, batch: int | None = None) -> FrontendResult:
+    """from_model as the target prefers it: Shiftmax/ShiftGELU per element in int64 where the
+    target multiplies 64-bit vectors natively (Capabilities.int64_vectors), int32 otherwise."""
+    return from_model(model, batch=batch, narrow_exp=not target.caps.int64_vectors)
+
+
 def apply_graph_passes(result: FrontendResult) -> FrontendResult:
     """relay_passes.integer_pipeline: verify integer-only, fuse GEMM + requantize."""
     from relay_passes import integer_pipeline
@@ -105,7 +111,7 @@ def compile_model(model, target: TargetInfo, out: str | os.PathLike,
     try:
         with atomic as folder, temporary_files_in(atomic.temp):
             t = stage("frontend")
-            result = from_model(model, batch=batch)
+            result = lower_model(model, target, batch=batch)
             done("frontend", t)
             t = stage("graph passes")
             result = apply_graph_passes(result)

@@ -40,6 +40,10 @@ class Capabilities:
     vnni: bool = False  # llvm: AVX512-VNNI (the int8 GEMMs use vpdpbusd/vpdpwssd)
     vector_bytes: int = 16  # llvm: widest integer vector register (64 AVX-512, 32 AVX2)
     isa: str = GENERIC_ISA  # llvm: the GEMMs' dot-product ISA (ISA_FEATURES), e.g. "avx2"
+    # llvm: AVX-512DQ's native 64-bit vector multiply. There Shiftmax/ShiftGELU run faster in
+    # their int64 formulation (8 lanes, no widening around the int64 requantize) than in int32;
+    # without it (AVX2, CUDA) the int32 one wins 2-2.4x (ops/integer.py, `narrow_exp`).
+    int64_vectors: bool = False
     cuda_arch: str | None = None  # cuda: "sm_XY"
     cuda_driver: bool = False  # cuda: a driver (libcuda.so.1) is loaded here: nvcc in process
 
@@ -121,7 +125,8 @@ def local_cuda_arch() -> str:
 
 
 def llvm_capabilities(target: tvm.target.Target) -> Capabilities:
-    """VNNI, the vector width and the GEMMs' ISA of an llvm target's mcpu/mattr."""
+    """VNNI, the vector width, the GEMMs' ISA and 64-bit vector multiplies of an llvm target's
+    mcpu/mattr."""
 
     def has(feature: str) -> bool:
         return bool(codegen.target_has_features(feature, target))
@@ -129,7 +134,8 @@ def llvm_capabilities(target: tvm.target.Target) -> Capabilities:
     vnni = has(VNNI_FEATURE)
     width = next((w for f, w in VECTOR_FEATURES if has(f)), 16)
     isa = next((name for name, needs in ISA_FEATURES if all(map(has, needs))), GENERIC_ISA)
-    return Capabilities(vnni=vnni, vector_bytes=width, isa=isa)
+    return Capabilities(vnni=vnni, vector_bytes=width, isa=isa,
+                        int64_vectors=has("avx512dq"))
 
 
 def cuda_capabilities(target: tvm.target.Target) -> Capabilities:

@@ -24,12 +24,11 @@ def model_tasks(checkpoint: Path, info, batch: int, name: str | None = None,
                 given: dict | None = None, kinds: tuple[str, ...] | None = None) -> list:
     """The tuning tasks of a checkpoint's model at `batch` for the target `info`."""
     from ..checkpoint import load_checkpoint
-    from ..compile import apply_graph_passes
-    from ..frontend import from_model
+    from ..compile import apply_graph_passes, lower_model
     from ..schedules.tuning.tasks import KINDS, extract_tasks
 
     model, _ = load_checkpoint(checkpoint, name=name, **(given or {}))
-    mod = apply_graph_passes(from_model(model, batch=batch)).mod
+    mod = apply_graph_passes(lower_model(model, info, batch=batch)).mod
     return extract_tasks(mod, info, kinds or KINDS)
 
 

@@ -31,14 +31,16 @@ class FrontendResult:
     input_shape: tuple  # (B, C, H, W) with B = -1 when symbolic
 
 
-def from_model(model, batch: int | None = None) -> FrontendResult:
-    """Lower a frozen I-ViT model to Relax (see the module docstring)."""
+def from_model(model, batch: int | None = None, narrow_exp: bool = True) -> FrontendResult:
+    """Lower a frozen I-ViT model to Relax (see the module docstring). narrow_exp: Shiftmax and
+    ShiftGELU per element in int32 where that is exact (ops.integer.exp_fits_int32), else
+    int64; both are bit-exact, the faster depends on the target (Capabilities.int64_vectors)."""
     cfg = model.config
     emit = architecture(cfg.arch).emit
     batch_dim = tirx.Var(BATCH_VAR, "int64") if batch is None else int(batch)
     image_shape = (batch_dim, cfg.in_chans, cfg.img_size, cfg.img_size)
     bb = relax.BlockBuilder()
-    g = IntegerGraph(bb)
+    g = IntegerGraph(bb, narrow_exp=narrow_exp)
     input_act = model.qact_input
 
     q_images = relax.Var("q_images", relax.TensorType(image_shape, "int8"))

@@ -35,8 +35,9 @@ def quantize_input(x: te.Tensor, scale: float, bits: int) -> te.Tensor:
 class IntegerGraph:
     """A thin layer over relax.BlockBuilder for integer I-ViT graphs."""
 
-    def __init__(self, bb: relax.BlockBuilder):
+    def __init__(self, bb: relax.BlockBuilder, narrow_exp: bool = True):
         self.bb = bb
+        self.narrow_exp = narrow_exp  # Shiftmax/ShiftGELU in int32 where exact (from_model)
 
     # ---- constants and structure --------------------------------------------------------
     def const(self, array, dtype: str) -> relax.Constant:
@@ -117,10 +118,11 @@ class IntegerGraph:
         x0 = qf.exp_x0(scale_in)
         bits = softmax.output_bit
         if mask is None:
-            out = self.te(ops.shiftmax, x, x0=x0, out_bits=bits, name=names.SHIFTMAX)
+            out = self.te(ops.shiftmax, x, x0=x0, out_bits=bits, narrow=self.narrow_exp,
+                          name=names.SHIFTMAX)
         else:
             out = self.te(ops.shiftmax, x, x0, bits, mask, window_mask=True,
-                          name=names.SHIFTMAX_MASKED)
+                          narrow=self.narrow_exp, name=names.SHIFTMAX_MASKED)
         return out, softmax.output_scale()
 
     def sum_tokens(self, x, axis: int):
@@ -128,7 +130,8 @@ class IntegerGraph:
         return self.emit(relax.op.sum(self.cast(x, "int32"), axis=[axis]))
 
     def gelu(self, gelu: IntGELU, x, scale_in):
-        out = self.te(ops.shiftgelu, x, x0=qf.gelu_x0(scale_in), name=names.SHIFTGELU)
+        out = self.te(ops.shiftgelu, x, x0=qf.gelu_x0(scale_in), narrow=self.narrow_exp,
+                      name=names.SHIFTGELU)
         return out, gelu.output_scale(scale_in)
 
     def quantize_input(self, act: QuantAct, images):

@@ -132,3 +132,73 @@ def shift_exp(x: tirx.PrimExpr, x0: int, n: int) -> tirx.PrimExpr:
     # (poison in LLVM, undefined in CUDA C).
     e = (v << clamp(shift, 0, MAX_EXP_SHIFT)) >> (shift < 0).astype(I64)
     return tirx.min(e, const64(INT32_MAX))
+
+
+# ---- shift_exp in int32 ----------------------------------------------------------------------
+# shift_exp is defined in int64; on exponents it only ever sees (x = q - max(q) <= 0, x0 fixed at
+# compile time) every intermediate fits int32 once x is clamped first, which doubles the vector
+# lanes and avoids 64-bit multiplies (AVX2 has none; AVX-512's vpmullq is slow). Why it is exact:
+#   f(x) = x + (x >> 1) - (x >> 4) is nondecreasing (a step of x changes it by 1 + {0, 1} -
+#   {0, 1} >= 0) and f(c) <= c for c = n*x0 <= -3, so max(f(x), c) == max(f(max(x, c)), c):
+#   clamping x at c before f changes nothing (exp_operand32 clamps);
+#   with x in [c, 0]: |x + (x >> 1)| <= 1.5*n*|x0| + 1; x_log2 in [c, 0], qt in [0, n],
+#   v in (-x0, -2*x0], shift in [-1, n-1]: all within int32 when 2*n*|x0| <= 2**31 - 1
+#   (exp_fits_int32), which holds for every input scale above ~2e-8;
+#   the saturating left shift min(v << s, 2**31 - 1) is computed in uint32 (shift_exp32).
+# Guards against overflow are written in uint32, not as min(a, M - b) + b: TVM's simplifier
+# rewrites that to min(a + b, M), which overflows int32 (seen: ShiftGELU's sum e1 + e2). And
+# no Select or comparison: Relax's emit_te normalizes int32 in conditions to int64 (its index
+# dtype), which drags the whole expression back to int64.
+# tests/ops/test_ops.py holds these against functional.shift_exp on every x of the range for
+# small |x0|, on the boundaries and at random for the largest |x0| allowed.
+I32, U32 = "int32", "uint32"
+
+
+def const32(value: int) -> tirx.PrimExpr:
+    return tirx.const(int(value), I32)
+
+
+def exp_fits_int32(x0: int, n: int) -> bool:
+    """Whether shift_exp32 is exact for these compile-time constants (see above)."""
+    require_exp_x0(x0, "exp_fits_int32")
+    return 2 * n * -int(x0) <= INT32_MAX
+
+
+def int_bits(value) -> int:
+    """The bit width of an integer expression's or tensor element's dtype."""
+    dtype = dtype_of(value)
+    return 8 if dtype == "bool" else int("".join(ch for ch in dtype if ch.isdigit()))
+
+
+def exp_operand32(q: tirx.PrimExpr, row_max: tirx.PrimExpr, x0: int, n: int) -> tirx.PrimExpr:
+    """max(q - row_max, n*x0) as int32, for q <= row_max: shift_exp's operand, clamped first.
+
+    Inputs of up to 16 bits subtract in int32; wider ones in int64 before the clamp narrows."""
+    low = n * int(x0)
+    if int_bits(q) <= 16 and int_bits(row_max) <= 16:
+        return tirx.max(q.astype(I32) - row_max.astype(I32), const32(low))
+    return tirx.max(as_int64(q) - as_int64(row_max), const64(low)).astype(I32)
+
+
+def shift_exp32(x: tirx.PrimExpr, x0: int, n: int) -> tirx.PrimExpr:
+    """shift_exp in int32 for x (int32) in [n*x0, 0] (exp_operand32) when exp_fits_int32."""
+    if not exp_fits_int32(x0, n):
+        raise ValueError(f"shift_exp32: 2*n*|x0| = {2 * n * -x0} exceeds int32; use shift_exp")
+    x0 = int(x0)
+    x_log2 = tirx.max(x + (x >> 1) - (x >> 4), const32(n * x0))  # in [n*x0, 0]
+    qt = tirx.floordiv(-x_log2, const32(-x0))  # in [0, n]
+    v = x_log2 - qt * x0 - 2 * x0  # in (-x0, -2*x0]
+    shift = (n - 1) - qt  # in [-1, n - 1]
+    amount = clamp(shift, 0, MAX_EXP_SHIFT).astype(U32)
+    # min(v << s, 2**31 - 1): v clamped to (2**31-1 >> s) + 1 first, so v << s <= 2**31 fits
+    # uint32, and any v above that limit still shifts past 2**31 - 1 and saturates.
+    limit = (tirx.const(INT32_MAX, U32) >> amount) + tirx.const(1, U32)
+    shifted = tirx.min(v.astype(U32), limit) << amount  # <= 2**31
+    saturated = tirx.min(shifted, tirx.const(INT32_MAX, U32)).astype(I32)
+    return saturated >> tirx.max(-shift, const32(0))  # shift = -1: v >> 1 (v < 2**31 there)
+
+
+def add_saturate32(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    """min(a + b, 2**31 - 1) for int32 a, b in [0, 2**31 - 1], without overflow (uint32 sum)."""
+    total = a.astype(U32) + b.astype(U32)  # <= 2**32 - 2
+    return tirx.min(total, tirx.const(INT32_MAX, U32)).astype(I32)

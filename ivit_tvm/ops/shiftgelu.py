@@ -1,6 +1,13 @@
 """ShiftGELU (I-ViT's integer GELU, x * sigmoid(1.702 x)) as a TE compute definition.
 
 Formula: `ivit_tvm.quant.functional.shiftgelu` and the module docstring there.
+
+Per element it runs in int32 where x0 allows (integer.exp_fits_int32; the int64 formula
+otherwise), exactly: e1 = shift_exp32(q - max) and e2 = shift_exp(-max) (once per row, int64,
+then <= 2**31 - 1) are in [1, 2**31 - 1], min(e1 + e2, 2**31 - 1) is a uint32 sum (never
+overflows), and e1 * ((2**31-1) // total) <= 2**31 - 1 because e1 <= total. The final
+q * sigmoid is int32 for inputs of up to 16 bits (|q * 127| < 2**23); an int32 q multiplies in
+int64 and wraps on the cast, as the reference's .to(torch.int32).
 """
 
 from __future__ import annotations
@@ -8,14 +15,27 @@ from __future__ import annotations
 from tvm import te, tirx
 
 from ..quant.constants import GELU_SIGMOID_BITS, INT32_MAX, SHIFTGELU_N
-from .integer import as_int64, const64, require_exp_x0, shift_exp
+from .integer import (
+    I32,
+    add_saturate32,
+    as_int64,
+    const32,
+    const64,
+    exp_fits_int32,
+    exp_operand32,
+    int_bits,
+    require_exp_x0,
+    shift_exp,
+    shift_exp32,
+)
 from .shapes import require_int
 
 
-def shiftgelu(q: te.Tensor, x0: int) -> te.Tensor:
+def shiftgelu(q: te.Tensor, x0: int, narrow: bool = True) -> te.Tensor:
     """functional.shiftgelu: q (..., C) integer at scale S -> (..., C) int32 at S * 2**-7.
 
     x0 = functional.gelu_x0(S), a compile-time constant. The row max runs over the last axis.
+    narrow: per element in int32 where exact (module docstring); False: always int64.
     """
     require_int(q, "shiftgelu", "q")
     require_exp_x0(x0, "shiftgelu")
@@ -27,16 +47,24 @@ def shiftgelu(q: te.Tensor, x0: int) -> te.Tensor:
     )  # (...,) q.dtype
     row_exp = te.compute(
         rows,
-        lambda *row: shift_exp(-as_int64(row_max[row]), x0, SHIFTGELU_N),
+        lambda *row: shift_exp(-as_int64(row_max[row]), x0, SHIFTGELU_N).astype(I32),
         name="shiftgelu_row_exp",
-    )  # (...,) int64: shift_exp(-max), the sigmoid's second term
+    )  # (...,) int32 in [1, 2**31 - 1]: shift_exp(-max), the sigmoid's second term
+    narrow = narrow and exp_fits_int32(x0, SHIFTGELU_N)
 
     def gelu_at(*index) -> tirx.PrimExpr:  # int32
-        q_i64 = as_int64(q[index])
-        e = shift_exp(q_i64 - as_int64(row_max[index[:-1]]), x0, SHIFTGELU_N)  # int64
-        total = tirx.min(e + row_exp[index[:-1]], const64(INT32_MAX))
-        factor = tirx.floordiv(const64(INT32_MAX), total)
-        sigmoid = (e * factor) >> (32 - GELU_SIGMOID_BITS)  # int64 in [0, 127]
-        return (q_i64 * sigmoid).astype("int32")  # wraps like torch's .to(torch.int32)
+        q_i, q_max, e_max = q[index], row_max[index[:-1]], row_exp[index[:-1]]
+        if not narrow:
+            e = shift_exp(as_int64(q_i) - as_int64(q_max), x0, SHIFTGELU_N)  # int64
+            total = tirx.min(e + as_int64(e_max), const64(INT32_MAX))
+            sigmoid = (e * tirx.floordiv(const64(INT32_MAX), total)) >> (32 - GELU_SIGMOID_BITS)
+            return (as_int64(q_i) * sigmoid).astype(I32)  # wraps like torch's .to(torch.int32)
+        e = shift_exp32(exp_operand32(q_i, q_max, x0, SHIFTGELU_N), x0, SHIFTGELU_N)  # int32
+        total = add_saturate32(e, e_max)  # min(e + e_max, 2**31 - 1)
+        factor = tirx.floordiv(const32(INT32_MAX), total)  # int32 in [1, 2**31 - 1]
+        sigmoid = (e * factor) >> (32 - GELU_SIGMOID_BITS)  # int32 in [0, 127]
+        if int_bits(q_i) <= 16:
+            return q_i.astype(I32) * sigmoid
+        return (as_int64(q_i) * sigmoid.astype("int64")).astype(I32)  # wraps like .to(int32)
 
     return te.compute(q.shape, gelu_at, name="shiftgelu")  # (..., C) int32

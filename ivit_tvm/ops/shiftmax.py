@@ -1,6 +1,11 @@
 """Shiftmax (I-ViT's integer softmax over the last axis) as a TE compute definition.
 
 Formula: `ivit_tvm.quant.functional.shiftmax` and the module docstring there.
+
+Per element it runs in int32 where x0 allows (integer.exp_fits_int32; the int64 formula
+otherwise), exactly: e = shift_exp32(q - max) in [1, 2**31 - 1]; the row sum stays int64 and
+its factor (2**31-1) // min(sum, 2**31-1) is computed once per row; e * factor <= 2**31 - 1
+because e <= min(sum, 2**31 - 1), so the product is an int32 multiply.
 """
 
 from __future__ import annotations
@@ -8,7 +13,19 @@ from __future__ import annotations
 from tvm import te, tirx
 
 from ..quant.constants import INT32_MAX, SHIFTMAX_N
-from .integer import as_int64, const64, dtype_of, require_exp_x0, shift_exp, storage_dtype
+from .integer import (
+    I32,
+    as_int64,
+    const32,
+    const64,
+    dtype_of,
+    exp_fits_int32,
+    exp_operand32,
+    require_exp_x0,
+    shift_exp,
+    shift_exp32,
+    storage_dtype,
+)
 from .shapes import broadcast_index, broadcast_shape, require_extent, require_int
 
 
@@ -61,6 +78,7 @@ def shiftmax(
     out_bits: int,
     mask: te.Tensor | None = None,
     window_mask: bool = False,
+    narrow: bool = True,
 ) -> te.Tensor:
     """functional.shiftmax: q (..., N) integer logits -> (..., N) int8/int16 at 2**-(out_bits-1).
 
@@ -70,6 +88,7 @@ def shiftmax(
       be larger than q on any axis), e.g. (nW, 1, N, N) against q (B, nW, heads, N, N).
     - window_mask=True: Swin's layout, mask (nW, N, N) against q (..., W, heads, N, N) where
       W is nW or B*nW (windows batch-major): q[..., w, h, i, j] reads mask[w % nW, i, j].
+    narrow: per element in int32 where exact (module docstring); False: always int64.
     """
     require_int(q, "shiftmax", "q")
     require_exp_x0(x0, "shiftmax")
@@ -89,7 +108,14 @@ def shiftmax(
         rows, lambda *row: te.max(unmasked((*row, k)), axis=k), name="shiftmax_row_max"
     )  # (...,) q.dtype, over the unmasked logits
 
-    def exp_at(index) -> tirx.PrimExpr:  # int64 in [1, 2**31 - 1]
+    narrow = narrow and exp_fits_int32(x0, SHIFTMAX_N)
+
+    def exp_at(index) -> tirx.PrimExpr:  # int32 (narrow) or int64, in [1, 2**31 - 1]
+        if narrow:
+            x = exp_operand32(q[index], row_max[index[:-1]], x0, SHIFTMAX_N)  # in [n*x0, 0]
+            if masked is not None:
+                x = tirx.Select(masked(index), const32(SHIFTMAX_N * x0), x)
+            return shift_exp32(x, x0, SHIFTMAX_N)
         x = as_int64(q[index]) - as_int64(row_max[index[:-1]])  # <= 0
         if masked is not None:
             x = tirx.Select(masked(index), const64(SHIFTMAX_N * x0), x)
@@ -97,15 +123,16 @@ def shiftmax(
 
     j = te.reduce_axis((0, length), name="j")
     row_sum = te.compute(
-        rows, lambda *row: te.sum(exp_at((*row, j)), axis=j), name="shiftmax_row_sum"
+        rows, lambda *row: te.sum(as_int64(exp_at((*row, j))), axis=j), name="shiftmax_row_sum"
     )  # (...,) int64
+    factor_dtype = I32 if narrow else "int64"
     row_factor = te.compute(
         rows,
         lambda *row: tirx.floordiv(
             const64(INT32_MAX), tirx.min(row_sum[row], const64(INT32_MAX))
-        ),
+        ).astype(factor_dtype),
         name="shiftmax_row_factor",
-    )  # (...,) int64 in [1, 2**31 - 1]
+    )  # (...,) in [1, 2**31 - 1]
     return te.compute(
         q.shape,
         lambda *index: (

@@ -1,4 +1,4 @@
-"""Vectorizable integer division: int64 floordiv through float64, where that is exact.
+"""Vectorizable integer division: int64 and int32 floordiv through float64, where that is exact.
 
 x86 has no vector integer division, and no 64-bit multiply-high for LLVM's division by a
 constant either: an int64 `a // b` inside a vectorized loop becomes one scalar division per
@@ -12,7 +12,9 @@ non-integer quotient a/b to the next integer, and an integer quotient is exact; 
 only rounds to another huge double of the same sign. This pass rewrites each int64 floordiv
 in a PrimFunc's data expressions whose numerator the analyzer bounds below 2**53 (constants,
 values loaded from narrow buffers); divisions by a constant power of two stay shifts, and
-index arithmetic (symbolic, unbounded) is left alone.
+index arithmetic (symbolic, unbounded) is left alone. An int32 division by a variable (ShiftGELU
+in int32, ops/integer.py) has the same problem and |a| < 2**31: it goes through float64 too; an
+int32 division by a constant stays, for LLVM's vectorized multiply-high (pmuldq).
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ def _exact_in_float64(numerator: tirx.PrimExpr, analyzer) -> bool:
     return -limit < int(bound.min_value) and int(bound.max_value) < limit
 
 
-def _through_float64(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+def _through_float64(a: tirx.PrimExpr, b: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
     quotient = tirx.floor(a.astype("float64") / b.astype("float64"))
-    return quotient.astype("int64")
+    return quotient.astype(dtype)
 
 
 def rewrite_divisions(func: tirx.PrimFunc) -> tirx.PrimFunc:
@@ -50,12 +52,12 @@ def rewrite_divisions(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
     def floordiv(node: FloorDiv, mutator) -> tirx.PrimExpr:
         a, b = mutator.mutate(node.a), mutator.mutate(node.b)
+        dtype = str(node.ty)
         if (
-            str(node.ty) == "int64"
-            and not _power_of_two(b)
-            and _exact_in_float64(a, analyzer)
+            (dtype == "int64" and not _power_of_two(b) and _exact_in_float64(a, analyzer))
+            or (dtype == "int32" and not isinstance(b, tirx.IntImm))
         ):
-            return _through_float64(a, b)
+            return _through_float64(a, b, dtype)
         return tirx.floordiv(a, b) if not (a.same_as(node.a) and b.same_as(node.b)) else node
 
     def keep_load(load: TensorLoad, _mutator) -> TensorLoad:

@@ -19,6 +19,8 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 
+from .intrinsics import register_fixed_vnni
+
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "tuned"  # schedules/tuned/
 WORKLOADS = "database_workload.json"  # MetaSchedule's JSONDatabase file names
 RECORDS = "database_tuning_record.json"
@@ -50,6 +52,9 @@ def open_database(folder: str | Path, create: bool = False) -> ms.database.JSOND
                 "folder ivit-tune wrote"
             )
     folder.mkdir(parents=True, exist_ok=True)
+    # Records tuned on a VNNI CPU name `dot_16x4_vnni` in their traces, and the database parses
+    # every trace as it opens: without the (fixed) intrinsic registered, opening fails.
+    register_fixed_vnni()
     return ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS),
                                     allow_missing=create)
 

@@ -14,7 +14,7 @@ from ivit_tvm.quant import functional as F
 TARGET = tvm.target.Target({"kind": "llvm"})
 INT_RANGE = {dtype: (np.iinfo(dtype).min, np.iinfo(dtype).max)
              for dtype in ("int8", "int16", "int32")}
-SCALES = [1e-4, 1e-3, 0.02, 0.3, 2.0]  # input scales that set x0 (exp_x0 / gelu_x0)
+SCALES = [1e-9, 1e-4, 1e-3, 0.02, 0.3, 2.0]  # input scales that set x0 (1e-9: too small for int32)
 RATIOS = [1e-5, 3.7e-4, 0.0123, 0.5, 1.0, 1.999]  # requantization ratios S_in / S_out
 TOKENS = [(3, 197), (5, 49), (2, 8)]  # (rows, last axis): DeiT, Swin windows, tiny
 
@@ -116,6 +116,121 @@ def test_shift_exp_matches_reference_on_negative_and_positive_inputs(scale, n):
 
     got = run(("shift_exp", x0, n), build, x.shape, x)
     np.testing.assert_array_equal(got, reference(F.shift_exp, x, x0, n))
+
+
+# ---- shift_exp in int32: the bounds that make narrowing exact (ops/integer.py) ---------------
+
+
+def _x_log2(x: np.ndarray) -> np.ndarray:
+    return x + (x >> 1) - (x >> 4)  # numpy's >> on int64 floors, as the reference's shifts
+
+
+def test_x_log2_is_nondecreasing_and_below_its_clamp():
+    """Clamping x at n*x0 before x + x>>1 - x>>4 (exp_operand32) equals clamping after it."""
+    x = np.arange(-(2**24), 1, dtype=np.int64)
+    assert (np.diff(_x_log2(x)) >= 0).all()
+    for n in (F.SHIFTMAX_N, F.SHIFTGELU_N):
+        for x0 in (-1, -2, -7, -5876, -(INT_RANGE["int32"][1] // (2 * n))):
+            c = n * x0
+            assert _x_log2(np.array([c]))[0] <= c
+
+
+def _largest_int32_x0(n: int) -> int:
+    """The most negative x0 that ops.integer.exp_fits_int32 accepts."""
+    return -(INT_RANGE["int32"][1] // (2 * n))
+
+
+@pytest.mark.parametrize("n", [F.SHIFTMAX_N, F.SHIFTGELU_N])
+def test_exp_fits_int32_boundary(n):
+    x0 = _largest_int32_x0(n)
+    assert ops.integer.exp_fits_int32(x0, n)
+    assert not ops.integer.exp_fits_int32(x0 - 1, n)
+    with pytest.raises(ValueError, match="exceeds int32"):
+        ops.integer.shift_exp32(tvm.tirx.const(0, "int32"), x0 - 1, n)
+
+
+@pytest.mark.parametrize("n", [F.SHIFTMAX_N, F.SHIFTGELU_N])
+@pytest.mark.parametrize("x0", [-1, -2, -3, -17, -100, -5876, "largest"])
+def test_shift_exp32_equals_shift_exp(n, x0):
+    """int32 shift_exp of max(q - m, n*x0) == the int64 reference of q - m, for every x down
+    to twice the clamp when that range is small, else on its boundaries and at random."""
+    x0 = _largest_int32_x0(n) if x0 == "largest" else x0
+    low = 2 * n * x0
+    rng = np.random.default_rng(-x0)
+    if -low <= 2**20:
+        x = np.arange(low, 1)
+    else:
+        edges = np.concatenate([k * x0 + np.arange(-3, 4) for k in range(2 * n + 1)])
+        x = np.concatenate([edges, rng.integers(low, 1, 200_000), np.arange(-5000, 1)])
+    x = np.clip(x, low, 0).astype(np.int32)  # (L,) int32: q - m, int32 differences
+
+    def build():
+        (length,) = symbolic("n")
+        x_t = te.placeholder((length,), "int32", name="x")
+        zero = tvm.tirx.const(0, "int32")
+        out = te.compute(
+            (length,),
+            lambda i: ops.integer.shift_exp32(
+                ops.integer.exp_operand32(x_t[i], zero, x0, n), x0, n),
+            name="out",
+        )
+        return [x_t], out
+
+    got = run(("shift_exp32", x0, n), build, x.shape, x)
+    np.testing.assert_array_equal(got, reference(F.shift_exp, x.astype(np.int64), x0, n))
+
+
+def test_add_saturate32_at_the_ends():
+    high = INT_RANGE["int32"][1]
+    a = np.array([0, 1, high, high, high - 5, 2**30, 7], np.int32)
+    b = np.array([0, high, 1, high, 5, 2**30, 8], np.int32)
+
+    def build():
+        (length,) = symbolic("n")
+        a_t = te.placeholder((length,), "int32", name="a")
+        b_t = te.placeholder((length,), "int32", name="b")
+        out = te.compute((length,), lambda i: ops.integer.add_saturate32(a_t[i], b_t[i]))
+        return [a_t, b_t], out
+
+    got = run("add_saturate32", build, a.shape, a, b)
+    np.testing.assert_array_equal(got, np.minimum(a.astype(np.int64) + b, high))
+
+
+def _block_dtypes(func, name: str) -> set[str]:
+    """The dtypes of the arithmetic in block `name`'s stored value (loads and their int64
+    indices left out: a load counts as a constant of its dtype)."""
+    import tvm_ffi
+    from tvm.ir.expr import TensorLoad
+
+    from ivit_tvm.ops.tir_query import blocks
+
+    value = next(b for b in blocks(func) if b.name_hint == name).body.value
+    value = tvm_ffi.structural_mutate(
+        value, [(TensorLoad, lambda load, _m: tvm.tirx.const(0, str(load.ty)))])
+    found: set[str] = set()
+    tvm_ffi.structural_walk(value, (tvm.ir.expr.Expr, lambda e: found.add(str(e.ty))))
+    return found
+
+
+def _emitted(fn, *args) -> tvm.tirx.PrimFunc:
+    """fn's PrimFunc as the frontend emits it: Relax's emit_te over a symbolic int64 batch,
+    which normalizes index dtypes (int32 in a condition would come back as int64)."""
+    bb = relax.BlockBuilder()
+    q = relax.Var("q", relax.TensorType((tvm.tirx.Var("batch", "int64"), 197), "int8"))
+    with bb.function("main", [q]):
+        bb.emit_func_output(bb.emit_te(fn, q, *args, primfunc_name_hint="kernel"))
+    return bb.get()["kernel"]
+
+
+@pytest.mark.parametrize("scale, narrow", [(0.02, True), (1e-4, True), (1e-9, False)])
+def test_shiftgelu_and_shiftmax_narrow_to_int32_when_x0_allows(scale, narrow):
+    """Per-element arithmetic is int32 unless exp_fits_int32 fails (then int64, still exact)."""
+    gelu = _emitted(ops.shiftgelu, F.gelu_x0(scale))
+    softmax = _emitted(ops.shiftmax, F.exp_x0(scale), 16)
+    assert ("int64" not in _block_dtypes(gelu, "shiftgelu")) == narrow
+    assert ("int64" not in _block_dtypes(softmax, "shiftmax")) == narrow
+    wide = _emitted(lambda q, x0: ops.shiftgelu(q, x0, narrow=False), F.gelu_x0(scale))
+    assert "int64" in _block_dtypes(wide, "shiftgelu")
 
 
 # ---- requantize ------------------------------------------------------------------------------
@@ -228,19 +343,19 @@ def test_requantize_rejects_float_input_and_mismatched_channel_tensor():
 # ---- shiftmax --------------------------------------------------------------------------------
 
 
-def build_shiftmax(dtype, x0, out_bits):
+def build_shiftmax(dtype, x0, out_bits, narrow=True):
     def build():
         rows, length = symbolic("rows", "n")
         q = te.placeholder((rows, length), dtype, name="q")
-        return [q], ops.shiftmax(q, x0, out_bits)
+        return [q], ops.shiftmax(q, x0, out_bits, narrow=narrow)
 
     return build
 
 
-def check_shiftmax(q: np.ndarray, scale: float, out_bits: int) -> np.ndarray:
+def check_shiftmax(q: np.ndarray, scale: float, out_bits: int, narrow: bool = True):
     x0 = F.exp_x0(scale)
-    key = ("shiftmax", str(q.dtype), x0, out_bits)
-    got = run(key, build_shiftmax(str(q.dtype), x0, out_bits), q.shape, q)
+    key = ("shiftmax", str(q.dtype), x0, out_bits, narrow)
+    got = run(key, build_shiftmax(str(q.dtype), x0, out_bits, narrow), q.shape, q)
     want = reference(F.shiftmax, q, x0, out_bits)
     np.testing.assert_array_equal(got, want)
     assert got.dtype == want.dtype
@@ -265,6 +380,19 @@ def test_shiftmax_matches_reference_on_random_logits(shape, dtype, scale, out_bi
 def test_shiftmax_matches_reference_on_extreme_rows(dtype, scale, out_bits):
     rows = extreme_rows(dtype, 197)
     check_shiftmax(np.concatenate(list(rows.values())), scale, out_bits)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("dtype", ["int8", "int32"])
+def test_int64_formulation_matches_reference(dtype, scale):
+    """narrow=False (what targets with 64-bit vector multiplies compile): still exact."""
+    rng = np.random.default_rng(7)
+    bound = 2**20 if dtype == "int32" else None
+    q = random_ints(rng, (4, 197), dtype, None if bound is None else -bound, bound)
+    extremes = np.concatenate(list(extreme_rows(dtype, 197).values()))
+    for rows in (q, extremes):
+        check_shiftmax(rows, scale, 16, narrow=False)
+        check_shiftgelu(rows, scale, narrow=False)
 
 
 def test_shiftmax_of_equal_logits_is_uniform():
@@ -324,15 +452,15 @@ def test_shiftmax_rejects_mask_that_does_not_broadcast():
 # ---- shiftgelu -------------------------------------------------------------------------------
 
 
-def check_shiftgelu(q: np.ndarray, scale: float) -> np.ndarray:
+def check_shiftgelu(q: np.ndarray, scale: float, narrow: bool = True) -> np.ndarray:
     x0 = F.gelu_x0(scale)
 
     def build():
         rows, channels = symbolic("rows", "channels")
         q_t = te.placeholder((rows, channels), str(q.dtype), name="q")
-        return [q_t], ops.shiftgelu(q_t, x0)
+        return [q_t], ops.shiftgelu(q_t, x0, narrow=narrow)
 
-    got = run(("shiftgelu", str(q.dtype), x0), build, q.shape, q)
+    got = run(("shiftgelu", str(q.dtype), x0, narrow), build, q.shape, q)
     want = reference(F.shiftgelu, q, x0)
     np.testing.assert_array_equal(got, want)
     return got

@@ -147,6 +147,23 @@ def test_avxvnni_kernels_use_vex_vpdpbusd_and_vpdpwssd_on_ymm():
         assert "zmm" not in asm and not mnemonics(asm, "vpmaddubsw")
 
 
+@pytest.mark.parametrize(("mcpu", "narrow"), [
+    ("x86-64-v3", True), ("znver1", True), ("alderlake", True), ("znver4", False),
+    ("cascadelake", False),
+])
+def test_exp_width_follows_64_bit_vector_multiply(mcpu, narrow):
+    """ivit-compile lowers Shiftmax/ShiftGELU in int32 unless the CPU multiplies int64 vectors
+    (AVX-512DQ), where the int64 formulation measured faster."""
+    from ivit_tvm.compile import lower_model
+
+    target = make_target("llvm", mcpu=mcpu)
+    assert target.caps.int64_vectors == (not narrow)
+    mod = lower_model(quantized(DEIT), target).mod
+    gelu = next(f for gv, f in mod.functions_items() if "shiftgelu" in gv.name_hint)
+    text = gelu.script()
+    assert ("uint32" in text) == narrow  # add_saturate32 / the uint32 shift: int32 path only
+
+
 # ---- whole models -------------------------------------------------------------------------------
 @functools.cache
 def compiled(config, target):
