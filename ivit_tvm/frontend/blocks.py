@@ -11,8 +11,7 @@ def emit_mlp(g: IntegerGraph, mlp, x, scale):
     """fc1 -> qact_gelu -> ShiftGELU -> qact1 -> fc2 -> qact2 (models.layers.Mlp)."""
     x, scale = g.linear(mlp.fc1, x, scale)  # (B, N, hidden) int32
     x, scale = g.quant_act(mlp.qact_gelu, x, scale)  # int8
-    x, scale = g.gelu(mlp.act, x, scale)  # int32
-    x, scale = g.quant_act(mlp.qact1, x, scale)  # int8
+    x, scale = g.gelu_requantize(mlp.act, mlp.qact1, x, scale)  # ShiftGELU -> qact1: int8
     x, scale = g.linear(mlp.fc2, x, scale)  # (B, N, C) int32
     return g.quant_act(mlp.qact2, x, scale)  # int16
 

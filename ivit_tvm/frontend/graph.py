@@ -17,6 +17,7 @@ from ..ops import names
 from ..ops.integer import storage_dtype
 from ..quant import IntGELU, IntLayerNorm, IntSoftmax, QuantAct, QuantLinear, QuantMatMul
 from ..quant import functional as qf
+from ..quant.fast import gelu_table
 from ..quant.modules import requant_params
 
 
@@ -30,6 +31,15 @@ def quantize_input(x: te.Tensor, scale: float, bits: int) -> te.Tensor:
         return tirx.max(tirx.min(value, float(high)), float(low)).astype(storage_dtype(bits))
 
     return te.compute(x.shape, element, name="quantize_input")
+
+
+def gelu_requantize_table(x0: int, multiplier: int, shift: int, bits: int) -> np.ndarray:
+    """(256, 256): entry [m + 128, v + 128] = requantize(shiftgelu(v in a row whose max is m))
+    to `bits`, from the reference functions themselves (quant.fast.gelu_table is
+    functional.shiftgelu on the grid of every (m, v <= m); entries with v > m are never read)."""
+    gelu = gelu_table(x0, -128, 256).reshape(256, 256)  # (m, v) int32 at S * 2**-7
+    out = qf.requantize(gelu, multiplier, shift, bits)
+    return out.numpy().astype(storage_dtype(bits))
 
 
 class IntegerGraph:
@@ -128,6 +138,24 @@ class IntegerGraph:
     def sum_tokens(self, x, axis: int):
         """Integer sum over an axis, accumulated in int32."""
         return self.emit(relax.op.sum(self.cast(x, "int32"), axis=[axis]))
+
+    def gelu_requantize(self, gelu: IntGELU, act: QuantAct, x, scale_in):
+        """ShiftGELU then act's requantize (the MLP's qact1). An int8 input (every I-ViT MLP:
+        qact_gelu is 8-bit) takes one kernel reading a (256, 256) table of both, indexed by
+        (row max, value) (ops.shiftgelu_lookup); anything else the two kernels."""
+        if str(x.ty.dtype) != "int8":
+            x, scale = self.gelu(gelu, x, scale_in)
+            return self.quant_act(act, x, scale)
+        scale_gelu = gelu.output_scale(scale_in)
+        multiplier, shift = requant_params(scale_gelu, act.scale())
+        if multiplier.size != 1:
+            x, scale = self.gelu(gelu, x, scale_in)
+            return self.quant_act(act, x, scale)
+        table = gelu_requantize_table(qf.gelu_x0(scale_in), int(multiplier[0]), int(shift[0]),
+                                      act.activation_bit)
+        out = self.te(ops.shiftgelu_lookup, x, self.const(table, str(table.dtype)),
+                      name=names.SHIFTGELU)
+        return out, act.scale()
 
     def gelu(self, gelu: IntGELU, x, scale_in):
         out = self.te(ops.shiftgelu, x, x0=qf.gelu_x0(scale_in), narrow=self.narrow_exp,

@@ -13,7 +13,7 @@ from .integer import rshift_round, shift_exp
 from .layernorm import int_layernorm
 from .matmul import integer_batch_matmul, integer_dense
 from .requantize import requantize, requantize_add
-from .shiftgelu import shiftgelu
+from .shiftgelu import shiftgelu, shiftgelu_lookup
 from .shiftmax import shiftmax
 
 __all__ = [
@@ -25,5 +25,6 @@ __all__ = [
     "rshift_round",
     "shift_exp",
     "shiftgelu",
+    "shiftgelu_lookup",
     "shiftmax",
 ]

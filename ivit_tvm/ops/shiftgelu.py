@@ -68,3 +68,33 @@ def shiftgelu(q: te.Tensor, x0: int, narrow: bool = True) -> te.Tensor:
         return (as_int64(q_i) * sigmoid.astype("int64")).astype(I32)  # wraps like .to(int32)
 
     return te.compute(q.shape, gelu_at, name="shiftgelu")  # (..., C) int32
+
+
+TABLE_OFFSET = 128  # int8 value v sits at table index v + 128
+LOOKUP_BLOCK = "shiftgelu_lookup"
+
+
+def shiftgelu_lookup(q: te.Tensor, table: te.Tensor) -> te.Tensor:
+    """ShiftGELU of an int8 q (..., C) by table: out[..., c] = table[max(q[...]) + 128,
+    q[..., c] + 128], table (256, 256) holding for each row max m and value v <= m the
+    output of shiftgelu (and whatever the frontend fused after it: the next requantize) on v
+    in a row whose max is m. The output depends on nothing else, so the table is exact by
+    construction (frontend/graph.py builds it from functional.shiftgelu); per element this is
+    one load instead of the exponential, a division and the requantize's int64 multiply."""
+    require_int(q, "shiftgelu_lookup", "q")
+    if str(q.dtype) != "int8" or tuple(int(e) for e in table.shape) != (256, 256):
+        raise ValueError(
+            f"shiftgelu_lookup: needs int8 q and a (256, 256) table, got q {q.dtype}, "
+            f"table {tuple(table.shape)}"
+        )
+    rows, channels = q.shape[:-1], q.shape[-1]
+    k = te.reduce_axis((0, channels), name="k")
+    row_max = te.compute(
+        rows, lambda *row: te.max(q[(*row, k)], axis=k), name="shiftgelu_row_max"
+    )  # (...,) int8
+    return te.compute(
+        q.shape,
+        lambda *index: table[row_max[index[:-1]].astype(I32) + TABLE_OFFSET,
+                             q[index].astype(I32) + TABLE_OFFSET],
+        name=LOOKUP_BLOCK,
+    )  # (..., C) table.dtype

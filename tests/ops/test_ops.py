@@ -483,6 +483,48 @@ def test_shiftgelu_matches_reference_on_extreme_rows(dtype, scale):
     check_shiftgelu(np.concatenate(list(rows.values())), scale)
 
 
+@pytest.mark.parametrize("table_dtype", ["int8", "int16"])
+def test_shiftgelu_lookup_reads_the_row_max_and_value_entry(table_dtype):
+    rng = np.random.default_rng(11)
+    q = np.concatenate([random_ints(rng, (5, 64), "int8"),
+                        np.concatenate(list(extreme_rows("int8", 64).values()))])
+    table = random_ints(rng, (256, 256), table_dtype)
+
+    def build():
+        rows, channels = symbolic("rows", "channels")
+        q_t = te.placeholder((rows, channels), "int8", name="q")
+        table_t = te.placeholder((256, 256), table_dtype, name="table")
+        return [q_t, table_t], ops.shiftgelu_lookup(q_t, table_t)
+
+    got = run(("shiftgelu_lookup", table_dtype), build, q.shape, q, table)
+    want = table[q.max(axis=-1, keepdims=True).astype(int) + 128, q.astype(int) + 128]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_shiftgelu_lookup_rejects_wider_inputs():
+    with pytest.raises(ValueError, match="int8 q"):
+        ops.shiftgelu_lookup(te.placeholder((4, 8), "int16"), te.placeholder((256, 256), "int8"))
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("bits", [8, 16])
+def test_gelu_requantize_table_equals_shiftgelu_then_requantize(scale, bits):
+    """The frontend's (row max, value) table == functional.shiftgelu + requantize on rows."""
+    from ivit_tvm.frontend.graph import gelu_requantize_table
+
+    x0 = F.gelu_x0(scale)
+    multiplier, shift = 1234567, 31
+    table = gelu_requantize_table(x0, multiplier, shift, bits)
+    rng = np.random.default_rng(3)
+    q = np.concatenate([random_ints(rng, (64, 96), "int8"),
+                        np.concatenate(list(extreme_rows("int8", 96).values())),
+                        random_ints(rng, (16, 96), "int8", -128, -100)])  # low row maxima
+    want = reference(lambda t: F.requantize(F.shiftgelu(t, x0), multiplier, shift, bits), q)
+    got = table[q.max(axis=-1, keepdims=True).astype(int) + 128, q.astype(int) + 128]
+    np.testing.assert_array_equal(got, want)
+    assert table.dtype == want.dtype
+
+
 def test_shiftgelu_keeps_sign_and_zeroes_large_negatives():
     q = np.array([[-127, -64, -1, 0, 1, 64, 127]], np.int8)
     got = check_shiftgelu(q, 0.05)  # x from -6.35 to 6.35

@@ -139,7 +139,7 @@ def test_real_model_fuses_every_gemm_requantize_pair(deit):
     # per block: qkv, proj, fc1, fc2 (dense) and q @ k^T (batch_matmul); plus the patch embed
     assert fused == [
         "fused_ivit_batch_matmul_ivit_requantize3",
-        "fused_ivit_batch_matmul_ivit_requantize8",
+        "fused_ivit_batch_matmul_ivit_requantize7",
         "fused_ivit_dense1_ivit_requantize2",
         "fused_ivit_dense2_ivit_requantize5",
         "fused_ivit_dense3_ivit_requantize6",
