@@ -29,6 +29,9 @@ from .integer import (
 from .shapes import broadcast_index, broadcast_shape, require_extent, require_int
 
 
+EXP_BLOCK = "shiftmax_exp"
+
+
 def _mask_reader(q: te.Tensor, mask: te.Tensor, window_mask: bool):
     """Return index -> bool: whether the logit of q at `index` is masked out."""
     _require_int_or_bool(mask)
@@ -121,9 +124,12 @@ def shiftmax(
             x = tirx.Select(masked(index), const64(SHIFTMAX_N * x0), x)
         return shift_exp(x, x0, SHIFTMAX_N)
 
+    exp = te.compute(q.shape, lambda *index: exp_at(index).astype(I32), name=EXP_BLOCK)
+    # (..., N) int32: every exponential once, read by the row sum and the output (a row at a
+    # time on the CPU: schedules.cpu.generic computes it under the row loop)
     j = te.reduce_axis((0, length), name="j")
     row_sum = te.compute(
-        rows, lambda *row: te.sum(as_int64(exp_at((*row, j))), axis=j), name="shiftmax_row_sum"
+        rows, lambda *row: te.sum(as_int64(exp[(*row, j)]), axis=j), name="shiftmax_row_sum"
     )  # (...,) int64
     factor_dtype = I32 if narrow else "int64"
     row_factor = te.compute(
@@ -136,7 +142,7 @@ def shiftmax(
     return te.compute(
         q.shape,
         lambda *index: (
-            (exp_at(index) * row_factor[index[:-1]]) >> (32 - out_bits)
+            (exp[index].astype(factor_dtype) * row_factor[index[:-1]]) >> (32 - out_bits)
         ).astype(storage_dtype(out_bits)),
         name="shiftmax",
     )  # (..., N) int8/int16

@@ -8,7 +8,9 @@ One PrimFunc at a time, on the blocks no dedicated schedule claimed:
    stages instead of growing 2**10-fold;
 2. move every row-level stage (layernorm's sums and Newton steps, shiftmax's row max and sum,
    shiftgelu's row max) under the row loop of the output block, so one thread computes a
-   whole row while it is in cache;
+   whole row while it is in cache; likewise an element-level stage that step 1 kept because a
+   row-level stage reads it (shiftmax's exponentials, read by the row sum and the output):
+   one row of it at a time (a row-sized buffer; below 1 KiB LLVM keeps it on the stack);
 3. fuse the row loops of each remaining loop nest into one parallel loop and vectorize the
    innermost spatial loop when its extent is a constant multiple of the lane count.
 Symbolic extents (the batch) only ever sit in the fused parallel loop.
@@ -100,7 +102,10 @@ def _row_depth(sch: Schedule, stage: SBlockRV, anchor_shape) -> int:
     """
     buffer = _written(sch, stage)
     depth = len(buffer.ty.shape)
-    if depth >= len(anchor_shape) or not _same_shape(buffer.ty.shape, anchor_shape[:depth]):
+    if depth == len(anchor_shape) and _same_shape(buffer.ty.shape, anchor_shape):
+        depth -= 1  # an element-level stage step 1 kept (read by a row-level stage too): by rows
+    if depth >= len(anchor_shape) or not _same_shape(buffer.ty.shape[:depth],
+                                                      anchor_shape[:depth]):
         return 0
     for consumer in sch.get_consumers(stage):
         block = _block(sch, consumer)
