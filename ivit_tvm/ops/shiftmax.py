@@ -28,7 +28,6 @@ from .integer import (
 )
 from .shapes import broadcast_index, broadcast_shape, require_extent, require_int
 
-
 EXP_BLOCK = "shiftmax_exp"
 
 
