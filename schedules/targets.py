@@ -44,6 +44,7 @@ class Capabilities:
     # their int64 formulation (8 lanes, no widening around the int64 requantize) than in int32;
     # without it (AVX2, CUDA) the int32 one wins 2-2.4x (ops/integer.py, `narrow_exp`).
     int64_vectors: bool = False
+    byte_permute: bool = False  # llvm: AVX512-VBMI's vpermi2b (ShiftGELU's table lookup)
     cuda_arch: str | None = None  # cuda: "sm_XY"
     cuda_driver: bool = False  # cuda: a driver (libcuda.so.1) is loaded here: nvcc in process
 
@@ -135,7 +136,7 @@ def llvm_capabilities(target: tvm.target.Target) -> Capabilities:
     width = next((w for f, w in VECTOR_FEATURES if has(f)), 16)
     isa = next((name for name, needs in ISA_FEATURES if all(map(has, needs))), GENERIC_ISA)
     return Capabilities(vnni=vnni, vector_bytes=width, isa=isa,
-                        int64_vectors=has("avx512dq"))
+                        int64_vectors=has("avx512dq"), byte_permute=has("avx512vbmi"))
 
 
 def cuda_capabilities(target: tvm.target.Target) -> Capabilities:

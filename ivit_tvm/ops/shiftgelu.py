@@ -72,6 +72,7 @@ def shiftgelu(q: te.Tensor, x0: int, narrow: bool = True) -> te.Tensor:
 
 TABLE_OFFSET = 128  # int8 value v sits at table index v + 128
 LOOKUP_BLOCK = "shiftgelu_lookup"
+ROW_MAX_BLOCK = "shiftgelu_row_max"
 
 
 def shiftgelu_lookup(q: te.Tensor, table: te.Tensor) -> te.Tensor:
@@ -80,7 +81,10 @@ def shiftgelu_lookup(q: te.Tensor, table: te.Tensor) -> te.Tensor:
     output of shiftgelu (and whatever the frontend fused after it: the next requantize) on v
     in a row whose max is m. The output depends on nothing else, so the table is exact by
     construction (frontend/graph.py builds it from functional.shiftgelu); per element this is
-    one load instead of the exponential, a division and the requantize's int64 multiply."""
+    one load instead of the exponential, a division and the requantize's int64 multiply.
+    The column index is masked with & 255 (a no-op on q + 128) so that the block's read region
+    of the table is [0:256], which lets the CPU schedule take a table row at a time
+    (schedules/cpu/lookup.py)."""
     require_int(q, "shiftgelu_lookup", "q")
     if str(q.dtype) != "int8" or tuple(int(e) for e in table.shape) != (256, 256):
         raise ValueError(
@@ -90,11 +94,11 @@ def shiftgelu_lookup(q: te.Tensor, table: te.Tensor) -> te.Tensor:
     rows, channels = q.shape[:-1], q.shape[-1]
     k = te.reduce_axis((0, channels), name="k")
     row_max = te.compute(
-        rows, lambda *row: te.max(q[(*row, k)], axis=k), name="shiftgelu_row_max"
+        rows, lambda *row: te.max(q[(*row, k)], axis=k), name=ROW_MAX_BLOCK
     )  # (...,) int8
     return te.compute(
         q.shape,
         lambda *index: table[row_max[index[:-1]].astype(I32) + TABLE_OFFSET,
-                             q[index].astype(I32) + TABLE_OFFSET],
+                             (q[index].astype(I32) + TABLE_OFFSET) & 255],
         name=LOOKUP_BLOCK,
     )  # (..., C) table.dtype

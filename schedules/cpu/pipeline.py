@@ -44,13 +44,18 @@ def schedule_primfunc(
         func = rule.rewrite(func, caps)
     sch = Schedule(func)
     claimed: set[str] = set()
+    applied = []
     for rule in rules:
         if not rule.match(sch):
             continue
         before = set(block_names(sch.mod["main"]))
         owned = rule.apply(sch, caps, frozenset(claimed))
         claimed |= owned | (set(block_names(sch.mod["main"])) - before)
-    return sch.mod["main"].with_attr(SCHEDULED, True)
+        applied.append(rule)
+    func = sch.mod["main"]
+    for rule in applied:
+        func = rule.finish(func, caps)
+    return func.with_attr(SCHEDULED, True)
 
 
 def schedule_cpu(caps: Capabilities) -> tvm.transform.Pass:

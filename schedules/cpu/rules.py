@@ -17,7 +17,7 @@ from tvm.s_tir.stmt import SBlock
 from ivit_tvm.ops.tir_query import blocks
 
 from ..targets import Capabilities
-from . import dense, float_dense, matmul
+from . import dense, float_dense, lookup, matmul
 from .division import rewrite_divisions
 from .generic import schedule_generic
 from .isa import gemm_path
@@ -37,9 +37,13 @@ def _operands(block: SBlock | None) -> list[tuple[int, str]]:
 
 class CPURule:
     """One rule: `rewrite` a PrimFunc before scheduling; when it `match`es, `apply` schedules
-    its blocks and returns their names (claimed: the generic rule leaves them alone)."""
+    its blocks and returns their names (claimed: the generic rule leaves them alone), and
+    `finish` may rewrite the scheduled PrimFunc where no schedule primitive reaches."""
 
     def rewrite(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
+        return func
+
+    def finish(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
         return func
 
     def match(self, sch: Schedule) -> bool:
@@ -87,6 +91,23 @@ class PackedAttention(CPURule):
         kind = self._kind(sch)
         matmul.schedule_packed_attention(sch, kind, gemm_path(caps))
         return set(matmul.KIND_BLOCKS[kind])
+
+
+class ByteLookup(CPURule):
+    """ops.shiftgelu_lookup with an int8 table, on CPUs with AVX512-VBMI: vpermi2b from the
+    row's table in registers (lookup.py). Elsewhere the generic rule's gather loop."""
+
+    def match(self, sch: Schedule) -> bool:
+        return _block(sch, lookup.LOOKUP_BLOCK) is not None and lookup.lookup_applies(sch)
+
+    def apply(self, sch: Schedule, caps: Capabilities, claimed: Set[str]) -> set[str]:
+        if not caps.byte_permute:
+            return set()
+        lookup.schedule_lookup(sch)
+        return {lookup.LOOKUP_BLOCK, lookup.ROW_MAX_BLOCK}
+
+    def finish(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
+        return lookup.vectorize_lookup(func) if caps.byte_permute else func
 
 
 class BatchMatmul(CPURule):
@@ -139,5 +160,6 @@ class Generic(CPURule):
 
 # In this order: the GEMM rules claim their blocks before the generic rule runs.
 CPU_RULES: tuple[CPURule, ...] = (
-    PackedDense(), PackedAttention(), BatchMatmul(), FloatDense(), FloatBatchMatmul(), Generic(),
+    PackedDense(), PackedAttention(), ByteLookup(), BatchMatmul(), FloatDense(),
+    FloatBatchMatmul(), Generic(),
 )

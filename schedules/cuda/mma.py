@@ -28,10 +28,10 @@ from tvm.s_tir.dlight.gpu.matmul import (
 )
 from tvm.target import Target
 
+from ..tir_rewrite import LOAD, map_func, substitute, substitute_region
 from . import mma_intrin
 from .mma_intrin import TILE_K, TILE_M, TILE_N, WARP, ab_layout, c_layout
 from .mma_tiles import MmaTile, choose_tile
-from .tir_rewrite import LOAD, map_func, substitute, substitute_region
 
 MIN_SM = 80  # mma.sync m16n8k32 s8 and cp.async: Ampere and newer
 VECTOR_BYTES = 16  # one cp.async / ld.global.v4 per lane

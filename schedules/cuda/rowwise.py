@@ -43,7 +43,7 @@ from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 from tvm.sym import Analyzer
 from tvm.target import Target
 
-from .tir_rewrite import map_func
+from ..tir_rewrite import map_func
 
 MAX_THREADS = 256  # threadIdx.x of a block-per-row kernel
 WARP = 32

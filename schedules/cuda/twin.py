@@ -28,7 +28,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from .tir_rewrite import map_func, map_stmt
+from ..tir_rewrite import map_func, map_stmt
 
 DROPPED_ANNOTATIONS = ("software_pipeline_stage", "software_pipeline_order",
                        "software_pipeline_async_stages", "pragma_auto_unroll_max_step",

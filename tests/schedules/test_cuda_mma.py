@@ -16,8 +16,8 @@ from ivit_tvm.schedules.cuda import inspect as kernels
 from ivit_tvm.schedules.cuda import mma, mma_tiles, twin
 from ivit_tvm.schedules.cuda.gemm import IntegerGemm, gemm_choices, match_integer_gemm
 from ivit_tvm.schedules.cuda.pipeline import schedule_module
-from ivit_tvm.schedules.cuda.tir_rewrite import map_func, substitute
 from ivit_tvm.schedules.cuda.toolkit import compile_cubin_verbose, find_cuda_tool
+from ivit_tvm.schedules.tir_rewrite import map_func, substitute
 from support import deit_and_images
 from tvm import s_tir, te, tirx
 

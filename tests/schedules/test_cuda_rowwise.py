@@ -365,7 +365,7 @@ def test_model_row_kernels_get_a_warp_per_row_and_shuffles(model_row_kernels):
 
 def _concrete_shape(buffer, batch: int) -> tuple[int, ...]:
     """A buffer's shape with every symbolic extent (the batch) set to `batch`."""
-    from ivit_tvm.schedules.cuda.tir_rewrite import substitute
+    from ivit_tvm.schedules.tir_rewrite import substitute
     from tvm.sym import Analyzer
 
     analyzer, shape = Analyzer(), []

@@ -3,7 +3,8 @@
 TVM 0.27's Python API has no statement mutator (no `stmt_functor`), so `map_stmt` rebuilds
 the node kinds a scheduled PrimFunc holds before lowering (blocks, loops, sequences, stores),
 bottom-up, and `substitute` replaces variables in the index arithmetic the schedules emit.
-Used by mma.py (clamped padding rows) and twin.py (thread loops -> serial loops).
+Used by cuda/mma.py (clamped padding rows), cuda/twin.py (thread loops -> serial loops),
+cuda/rowwise.py and cpu/lookup.py (a byte-table lookup as vpermi2b).
 """
 
 from __future__ import annotations

@@ -1,0 +1,96 @@
+"""schedules.cpu.lookup: ShiftGELU's (256, 256) table lookup as AVX512-VBMI vpermi2b, bit-exact
+against numpy's indexing on random and extreme rows, read from the assembly on a VBMI target,
+and the gather loop everywhere else (no VBMI, a row length that is not a multiple of 64, an
+int16 table)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from ivit_tvm.schedules.backend import get_backend
+from ivit_tvm.schedules.cpu import lookup
+from ivit_tvm.schedules.cpu.pipeline import schedule_primfunc
+from tvm import relax
+from tvm.target import codegen
+
+from ivit_tvm import ops
+
+LLVM = get_backend("llvm")
+HOST = LLVM.resolve(tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}))
+ZNVER4 = LLVM.resolve(tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+AVX2 = LLVM.resolve(tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"}))
+needs_vbmi = pytest.mark.skipif(not HOST.caps.byte_permute, reason="this CPU has no AVX512-VBMI")
+
+
+def lookup_func(channels: int, table_dtype: str = "int8") -> tvm.tirx.PrimFunc:
+    """The lookup kernel as the frontend emits it: symbolic batch, 197 tokens."""
+    bb = relax.BlockBuilder()
+    batch = tvm.tirx.Var("batch", "int64")
+    q = relax.Var("q", relax.TensorType((batch, 197, channels), "int8"))
+    table = relax.Var("table", relax.TensorType((256, 256), table_dtype))
+    with bb.function("main", [q, table]):
+        bb.emit_func_output(bb.emit_te(ops.shiftgelu_lookup, q, table,
+                                       primfunc_name_hint="kernel"))
+    return bb.get()["kernel"]
+
+
+def compiled(channels: int, target, table_dtype: str = "int8"):
+    func = schedule_primfunc(lookup_func(channels, table_dtype), target.caps)
+    return tvm.compile(func.with_attr("global_symbol", "main"), target=target.target)
+
+
+def asm_of(executable) -> str:
+    module = executable.mod
+    return (module.imports[0] if module.imports else module).inspect_source("asm")
+
+
+def rows(channels: int, seed: int) -> np.ndarray:
+    """(3, 197, C) int8: random rows, then rows of -128, of 127, alternating ends, one-hot."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-128, 128, (3, 197, channels)).astype(np.int8)
+    q[0, 0], q[0, 1] = -128, 127
+    q[0, 2] = np.where(np.arange(channels) % 2, -128, 127)
+    q[0, 3] = -128
+    q[0, 3, channels // 3] = 5
+    q[1, :, :] = np.clip(q[1], -128, -100)  # low row maxima: the table's first rows
+    return q
+
+
+def check(executable, channels: int, table_dtype: str = "int8", seed: int = 0) -> None:
+    q = rows(channels, seed)
+    table = np.random.default_rng(seed + 1).integers(
+        np.iinfo(table_dtype).min, np.iinfo(table_dtype).max, (256, 256), endpoint=True
+    ).astype(table_dtype)
+    out = tvm.runtime.tensor(np.zeros(q.shape, table_dtype))
+    executable(tvm.runtime.tensor(q), tvm.runtime.tensor(table), out)
+    want = table[q.max(axis=-1, keepdims=True).astype(int) + 128, q.astype(int) + 128]
+    np.testing.assert_array_equal(out.numpy(), want)
+
+
+@needs_vbmi
+@pytest.mark.parametrize("channels", [64, 384, 1536])
+def test_vbmi_lookup_is_exact(channels):
+    executable = compiled(channels, HOST)
+    assert "vpermi2b" in asm_of(executable) or "vpermt2b" in asm_of(executable)
+    check(executable, channels, seed=channels)
+
+
+def test_vbmi_target_permutes_from_registers():
+    asm = asm_of(compiled(1536, ZNVER4))
+    permutes = asm.count("vpermi2b") + asm.count("vpermt2b")
+    assert permutes >= 2, "two vpermi2b per 64 values"
+    assert "zmm" in asm
+
+
+@pytest.mark.parametrize(("channels", "table_dtype", "target"), [
+    (96, "int8", HOST), (384, "int16", HOST), (384, "int8", AVX2),
+], ids=["ragged-row", "int16-table", "no-vbmi"])
+def test_gather_loop_elsewhere_is_exact(channels, table_dtype, target):
+    func = schedule_primfunc(lookup_func(channels, table_dtype), target.caps)
+    assert lookup.STEP_BLOCK not in func.script()
+    executable = tvm.compile(func.with_attr("global_symbol", "main"), target=target.target)
+    assert "vpermi2b" not in asm_of(executable)
+    if target is AVX2 and HOST.caps.vector_bytes < 32:
+        pytest.skip("this CPU has no AVX2: built and read, not run")
+    check(executable, channels, table_dtype, seed=channels)
