@@ -17,7 +17,7 @@ from ..ops import names
 from ..ops.integer import storage_dtype
 from ..quant import IntGELU, IntLayerNorm, IntSoftmax, QuantAct, QuantLinear, QuantMatMul
 from ..quant import functional as qf
-from ..quant.fast import gelu_table
+from ..quant.fast import exp_table, gelu_table
 from ..quant.modules import requant_params
 
 
@@ -127,12 +127,15 @@ class IntegerGraph:
         """Shiftmax; a mask is Swin's (nW, N, N) against logits (B*nW, heads, N, N)."""
         x0 = qf.exp_x0(scale_in)
         bits = softmax.output_bit
+        # int8 logits (every I-ViT attention: qact_attn1): the exponential from a table
+        table = (self.const(exp_table(x0, qf.SHIFTMAX_N, 255), "int32")
+                 if str(x.ty.dtype) == "int8" else None)
         if mask is None:
             out = self.te(ops.shiftmax, x, x0=x0, out_bits=bits, narrow=self.narrow_exp,
-                          name=names.SHIFTMAX)
+                          exp_table=table, name=names.SHIFTMAX)
         else:
             out = self.te(ops.shiftmax, x, x0, bits, mask, window_mask=True,
-                          narrow=self.narrow_exp, name=names.SHIFTMAX_MASKED)
+                          narrow=self.narrow_exp, exp_table=table, name=names.SHIFTMAX_MASKED)
         return out, softmax.output_scale()
 
     def sum_tokens(self, x, axis: int):

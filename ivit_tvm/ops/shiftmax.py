@@ -29,6 +29,16 @@ from .integer import (
 from .shapes import broadcast_index, broadcast_shape, require_extent, require_int
 
 EXP_BLOCK = "shiftmax_exp"
+TABLE_SPAN = 255  # x = q - max of int8 logits lies in [-255, 0]
+
+
+def _require_table(q: te.Tensor, table: te.Tensor) -> None:
+    if str(q.dtype) != "int8" or tuple(int(e) for e in table.shape) != (TABLE_SPAN + 1,) \
+            or str(table.dtype) != "int32":
+        raise ValueError(
+            f"shiftmax: exp_table needs int8 logits and a (256,) int32 table, got q {q.dtype}, "
+            f"table {tuple(table.shape)} {table.dtype}"
+        )
 
 
 def _mask_reader(q: te.Tensor, mask: te.Tensor, window_mask: bool):
@@ -81,6 +91,7 @@ def shiftmax(
     mask: te.Tensor | None = None,
     window_mask: bool = False,
     narrow: bool = True,
+    exp_table: te.Tensor | None = None,
 ) -> te.Tensor:
     """functional.shiftmax: q (..., N) integer logits -> (..., N) int8/int16 at 2**-(out_bits-1).
 
@@ -91,6 +102,10 @@ def shiftmax(
     - window_mask=True: Swin's layout, mask (nW, N, N) against q (..., W, heads, N, N) where
       W is nW or B*nW (windows batch-major): q[..., w, h, i, j] reads mask[w % nW, i, j].
     narrow: per element in int32 where exact (module docstring); False: always int64.
+    exp_table: for int8 logits, (256,) int32 with entry i = functional.shift_exp(i - 255, x0,
+    15) (the frontend builds it): x = q - max lies in [-255, 0], so the exponential is one load
+    (index (x + 255) & 255: the mask keeps the read region bounded; a masked logit, whose x may
+    lie outside, takes shift_exp(15 * x0) instead).
     """
     require_int(q, "shiftmax", "q")
     require_exp_x0(x0, "shiftmax")
@@ -111,8 +126,15 @@ def shiftmax(
     )  # (...,) q.dtype, over the unmasked logits
 
     narrow = narrow and exp_fits_int32(x0, SHIFTMAX_N)
+    if exp_table is not None:
+        _require_table(q, exp_table)
+        masked_exp = shift_exp(const64(SHIFTMAX_N * x0), x0, SHIFTMAX_N).astype(I32)  # folds
 
-    def exp_at(index) -> tirx.PrimExpr:  # int32 (narrow) or int64, in [1, 2**31 - 1]
+    def exp_at(index) -> tirx.PrimExpr:  # int32 (narrow, table) or int64, in [1, 2**31 - 1]
+        if exp_table is not None:
+            x = q[index].astype(I32) - row_max[index[:-1]].astype(I32)  # in [-255, 0] unmasked
+            e = exp_table[(x + TABLE_SPAN) & TABLE_SPAN]
+            return e if masked is None else tirx.Select(masked(index), masked_exp, e)
         if narrow:
             x = exp_operand32(q[index], row_max[index[:-1]], x0, SHIFTMAX_N)  # in [n*x0, 0]
             if masked is not None:
@@ -130,7 +152,7 @@ def shiftmax(
     row_sum = te.compute(
         rows, lambda *row: te.sum(as_int64(exp[(*row, j)]), axis=j), name="shiftmax_row_sum"
     )  # (...,) int64
-    factor_dtype = I32 if narrow else "int64"
+    factor_dtype = I32 if narrow or exp_table is not None else "int64"
     row_factor = te.compute(
         rows,
         lambda *row: tirx.floordiv(

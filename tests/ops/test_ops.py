@@ -395,6 +395,57 @@ def test_int64_formulation_matches_reference(dtype, scale):
         check_shiftgelu(rows, scale, narrow=False)
 
 
+def _exp_table(x0: int) -> np.ndarray:
+    """(256,) int32: entry i = functional.shift_exp(i - 255), what the frontend passes."""
+    from ivit_tvm.quant.fast import exp_table
+
+    return exp_table(x0, F.SHIFTMAX_N, 255).numpy()
+
+
+@pytest.mark.parametrize("out_bits", [8, 16])
+@pytest.mark.parametrize("scale", SCALES)
+def test_shiftmax_from_exp_table_matches_reference(scale, out_bits):
+    x0 = F.exp_x0(scale)
+    rng = np.random.default_rng(5)
+    q = np.concatenate([random_ints(rng, (6, 197), "int8"),
+                        np.concatenate(list(extreme_rows("int8", 197).values()))])
+
+    def build():
+        rows, length = symbolic("rows", "n")
+        q_t = te.placeholder((rows, length), "int8", name="q")
+        table_t = te.placeholder((256,), "int32", name="table")
+        return [q_t, table_t], ops.shiftmax(q_t, x0, out_bits, exp_table=table_t)
+
+    got = run(("shiftmax_table", x0, out_bits), build, q.shape, q, _exp_table(x0))
+    np.testing.assert_array_equal(got, reference(F.shiftmax, q, x0, out_bits))
+
+
+def test_shiftmax_from_exp_table_with_window_mask_matches_reference():
+    x0 = F.exp_x0(0.05)
+    rng = np.random.default_rng(8)
+    q = random_ints(rng, (2, 4, 3, 49, 49), "int8")  # (B, nW, heads, N, N)
+    mask = rng.random((4, 49, 49)) < 0.4
+    mask[0, 0, :] = True  # a fully masked row
+    q_flat = q.reshape(8, 3, 49, 49)
+
+    def build():
+        q_t = te.placeholder((8, 3, 49, 49), "int8", name="q")
+        mask_t = te.placeholder((4, 49, 49), "bool", name="mask")
+        table_t = te.placeholder((256,), "int32", name="table")
+        out = ops.shiftmax(q_t, x0, 16, mask=mask_t, window_mask=True, exp_table=table_t)
+        return [q_t, mask_t, table_t], out
+
+    got = run("shiftmax_table_window_mask", build, q_flat.shape, q_flat, mask, _exp_table(x0))
+    want = reference(F.shiftmax, q, x0, 16, mask=torch.from_numpy(mask[None, :, None]))
+    np.testing.assert_array_equal(got, want.reshape(q_flat.shape))
+
+
+def test_shiftmax_exp_table_needs_int8_logits():
+    table = te.placeholder((256,), "int32", name="table")
+    with pytest.raises(ValueError, match="exp_table"):
+        ops.shiftmax(te.placeholder((4, 8), "int16"), -50, 16, exp_table=table)
+
+
 def test_shiftmax_of_equal_logits_is_uniform():
     got = check_shiftmax(np.full((2, 49), 17, np.int8), 0.02, 16)
     assert (got == got[0, 0]).all() and got[0, 0] > 0
