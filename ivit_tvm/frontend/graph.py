@@ -146,12 +146,8 @@ class IntegerGraph:
         """ShiftGELU then act's requantize (the MLP's qact1). An int8 input (every I-ViT MLP:
         qact_gelu is 8-bit) takes one kernel reading a (256, 256) table of both, indexed by
         (row max, value) (ops.shiftgelu_lookup); anything else the two kernels."""
-        if str(x.ty.dtype) != "int8":
-            x, scale = self.gelu(gelu, x, scale_in)
-            return self.quant_act(act, x, scale)
-        scale_gelu = gelu.output_scale(scale_in)
-        multiplier, shift = requant_params(scale_gelu, act.scale())
-        if multiplier.size != 1:
+        multiplier, shift = requant_params(gelu.output_scale(scale_in), act.scale())
+        if str(x.ty.dtype) != "int8" or multiplier.size != 1:  # per-channel: no (256, 256)
             x, scale = self.gelu(gelu, x, scale_in)
             return self.quant_act(act, x, scale)
         table = gelu_requantize_table(qf.gelu_x0(scale_in), int(multiplier[0]), int(shift[0]),

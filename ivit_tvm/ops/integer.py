@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from numbers import Integral
 
-from tvm import tirx
+from tvm import DataType, tirx
 
 from ..quant.constants import (
     INT32_MAX,
@@ -137,7 +137,8 @@ def shift_exp(x: tirx.PrimExpr, x0: int, n: int) -> tirx.PrimExpr:
 # ---- shift_exp in int32 ----------------------------------------------------------------------
 # shift_exp is defined in int64; on exponents it only ever sees (x = q - max(q) <= 0, x0 fixed at
 # compile time) every intermediate fits int32 once x is clamped first, which doubles the vector
-# lanes and avoids 64-bit multiplies (AVX2 has none; AVX-512's vpmullq is slow). Why it is exact:
+# lanes and avoids 64-bit multiplies (AVX2 has none; with AVX-512DQ the int64 form measured
+# faster, so the frontend keeps it there: Capabilities.int64_vectors). Why it is exact:
 #   f(x) = x + (x >> 1) - (x >> 4) is nondecreasing (a step of x changes it by 1 + {0, 1} -
 #   {0, 1} >= 0) and f(c) <= c for c = n*x0 <= -3, so max(f(x), c) == max(f(max(x, c)), c):
 #   clamping x at c before f changes nothing (exp_operand32 clamps);
@@ -167,7 +168,7 @@ def exp_fits_int32(x0: int, n: int) -> bool:
 def int_bits(value) -> int:
     """The bit width of an integer expression's or tensor element's dtype."""
     dtype = dtype_of(value)
-    return 8 if dtype == "bool" else int("".join(ch for ch in dtype if ch.isdigit()))
+    return 8 if dtype == "bool" else DataType(dtype).bits
 
 
 def exp_operand32(q: tirx.PrimExpr, row_max: tirx.PrimExpr, x0: int, n: int) -> tirx.PrimExpr:
