@@ -25,10 +25,15 @@ from tvm.s_tir.schedule import SBlockRV, ScheduleError
 from .vnni import LANES
 
 # rows x cols vectors of 16 accumulators per vector width in bytes: AVX-512 keeps 24 of its 32
-# zmm for accumulators (enough independent vpdpbusd chains), AVX2 6 x 2 of 16 ymm, SSE 3 x 4.
-# (AVX2 vpmaddwd on Zen 1, DeiT-S dense shapes: 2x3, 3x2, 4x1, 6x1 and 2x2 blocks within
-# noise of each other, ~18 GOPS per core: the multiplier port is the limit, not registers.)
+# zmm for accumulators (enough independent vpdpbusd chains), AVX2 6 of 16 lanes, SSE 3.
 ACCUMULATORS = {64: 24, 32: 6, 16: 3}
+# The register file of each vector width with a register model (zmm: 32, ymm: 16): the block's
+# accumulators, the `cols` weight vectors every row reuses and the one broadcast operand must
+# all fit, or LLVM spills accumulators to the stack inside the K loop. AVX2 on Zen 3, DeiT-S
+# batch 8 dense GEMMs, 2 threads (GOPS, interleaved): 2x3 (19 ymm, spills) 121-150, 3x2 (17)
+# 140-168, 2x2 126-164, 4x1 152-170, 5x1 178-194, 6x1 (15 ymm) 169-203, 7x1 (17) 154-164,
+# 8x1 (19) 103-107. (On Zen 1's 128-bit units every block was multiplier-bound alike.)
+REGISTERS = {64: 32, 32: 16}
 MAX_ROWS = 16
 
 
@@ -42,14 +47,27 @@ class Tile:
 
 
 def choose_tile(n_tiles: int, group: int, vector_bytes: int = 64) -> Tile:
-    """The widest register block whose columns divide the N tiles (no N tail).
+    """The register block whose columns divide the N tiles (no N tail): the widest within the
+    accumulator budget; where the register file is modelled (REGISTERS), the one with the most
+    accumulators that fits it (of equal ones, the widest).
 
     A "vector" of 16 int32 lanes is one zmm register, or 2 ymm / 4 xmm without AVX-512, so
     the accumulator budget (registers less the operands') shrinks with the vector width.
     """
     budget = ACCUMULATORS.get(vector_bytes, ACCUMULATORS[16])
-    cols = next(c for c in (3, 2, 1) if n_tiles % c == 0 and c <= budget)
-    return Tile(rows=min(MAX_ROWS, budget // cols), cols=cols, group=group)
+    per_vector = max(1, 64 // vector_bytes)  # registers per 16-lane vector
+    tiles = []
+    for cols in (3, 2, 1):
+        if n_tiles % cols or cols > budget:
+            continue
+        rows = min(MAX_ROWS, budget // cols)
+        if vector_bytes in REGISTERS:  # accumulators + weights + broadcast <= registers
+            rows = min(rows, (REGISTERS[vector_bytes] - 1) // (cols * per_vector) - 1)
+        if rows >= 1:
+            tiles.append(Tile(rows=rows, cols=cols, group=group))
+    if vector_bytes not in REGISTERS:
+        return tiles[0]
+    return max(tiles, key=lambda tile: tile.rows * tile.cols)  # max keeps the first of ties
 
 
 def tile_gemm(
