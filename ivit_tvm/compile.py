@@ -24,6 +24,8 @@ from . import __version__
 from .artifact import LIBRARY, AtomicFolder, check_output_path, write_manifest
 from .frontend import FrontendResult, from_model
 from .manifest import file_sha256
+from .models.precision import set_softmax_bits
+from .models.precision import softmax_bits as softmax_bits_of
 from .schedules.backend import TargetInfo, get_backend, make_target
 from .schedules.tuning.apply import tuned_schedules
 from .schedules.tuning.database import open_database
@@ -37,6 +39,8 @@ class CompileReport:
     library_bytes: int = 0
     contents: str = ""
     tuned_kernels: list[str] = field(default_factory=list)  # schedules from the tuning database
+    softmax_bits: int = 0  # the artifact's Shiftmax output width
+    trained_softmax_bits: int = 0  # the loaded model's, before --softmax-bits
 
     @property
     def total_seconds(self) -> float:
@@ -96,6 +100,7 @@ def compile_model(model, target: TargetInfo, out: str | os.PathLike,
         tuning_db = open_database(tuning_db)
     backend = get_backend(target.kind)
     report = CompileReport(out=out, target=json.loads(str(target.target)))
+    report.softmax_bits = report.trained_softmax_bits = softmax_bits_of(model)
     stages = ["frontend", "graph passes", "build", "export"]
     bar = tqdm(total=len(stages), desc="ivit-compile", unit="stage", disable=not progress)
 
@@ -134,6 +139,7 @@ def compile_model(model, target: TargetInfo, out: str | os.PathLike,
                             for key, why in (assumed or {}).items()},
                 "input_scale": result.input_scale,
                 "input_bits": model.qact_input.activation_bit,
+                "softmax_bits": report.softmax_bits,
                 "input_shape": list(result.input_shape),
                 "logits_scale": [float(v) for v in result.logits_scale],
                 "target": report.target,
@@ -156,16 +162,23 @@ def compile_checkpoint(checkpoint: str | os.PathLike, target_kind: str, out: str
                        arch: str | None = None, mcpu: str | None = None,
                        batch: int | None = None, force: bool = False, name: str | None = None,
                        progress: bool = True, given: dict | None = None,
-                       tuning_db: str | os.PathLike | None = None) -> CompileReport:
+                       tuning_db: str | os.PathLike | None = None,
+                       softmax_bits: int | None = None) -> CompileReport:
     """Load a checkpoint (ivit_tvm.checkpoint; `name` and `given` fields supply what it cannot
-    tell) and compile it (see compile_model)."""
+    tell) and compile it (see compile_model); `softmax_bits` 8 or 16 sets the Shiftmax output
+    width (models.precision; None: as trained)."""
     from .checkpoint import load_checkpoint
 
     target = make_target(target_kind, arch=arch, mcpu=mcpu)
     check_output_path(out, force)
     database = open_database(tuning_db) if tuning_db is not None else None
     model, info = load_checkpoint(checkpoint, name=name, **(given or {}))
-    return compile_model(model, target, out, batch=batch, force=force,
-                         source=str(Path(checkpoint).resolve()), progress=progress,
-                         checkpoint_sha256=file_sha256(checkpoint), assumed=info.assumed,
-                         tuning_db=database)
+    trained = softmax_bits_of(model)
+    if softmax_bits is not None:
+        set_softmax_bits(model, softmax_bits)
+    report = compile_model(model, target, out, batch=batch, force=force,
+                           source=str(Path(checkpoint).resolve()), progress=progress,
+                           checkpoint_sha256=file_sha256(checkpoint), assumed=info.assumed,
+                           tuning_db=database)
+    report.trained_softmax_bits = trained
+    return report

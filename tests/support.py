@@ -62,3 +62,16 @@ def half_step_inputs(scale: float) -> np.ndarray:
     base = ((np.arange(-127, 127) + 0.5) * np.float64(s)).astype(np.float32)
     return np.concatenate([base, np.nextafter(base, np.float32(np.inf)),
                            np.nextafter(base, np.float32(-np.inf))])
+
+
+def digit_folder(root, per_class: int):
+    """An ImageFolder under `root` (a pathlib.Path): 10 classes of `per_class` 8x8 digit PNGs
+    from the bundled test split (what ivit-eval reads)."""
+    from ivit_tvm import data
+
+    digits, labels = data.load_split("test")
+    for digit in range(10):
+        (root / str(digit)).mkdir()
+        for i, index in enumerate((labels == digit).nonzero()[0][:per_class]):
+            data.to_pil(digits[index]).save(root / str(digit) / f"{i}.png")
+    return root

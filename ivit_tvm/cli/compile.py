@@ -51,11 +51,18 @@ def parse_batch(value: str) -> int | None:
               help="A tuning database written by ivit-tune: kernels it has a record for (at this "
                    "--batch) take the tuned schedule, the rest the hand-written ones. Default: "
                    "the database shipped in the package for this target, if any.")
+@click.option("--softmax-bits", type=click.Choice(["16", "8"]), default=None,
+              help="Opt-in fast mode: 8 makes every Shiftmax emit 8-bit probabilities, so "
+                   "probs @ V is one int8 x int8 GEMM instead of int16 x int8. This is another "
+                   "model than the checkpoint's (DeiT/ViT train with 16 bits; Swin already uses "
+                   "8): its logits differ and accuracy can drop (README). The artifact records "
+                   "the width and ivit-eval checks it against the reference at that width. "
+                   "Default: as trained.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @reports_errors
 def compile_cmd(checkpoint, target_kind, arch, mcpu, batch, name, num_heads, config_items, out,
-                tuning_db, force, quiet):
+                tuning_db, softmax_bits, force, quiet):
     """Compile an I-ViT CHECKPOINT (from ivit-quantize or I-ViT's own training code) into
     integer-only kernels. The artifact runs with `ivit-run` or `ivit_tvm.load(OUT)` and the
     TVM runtime alone; its logits equal the PyTorch integer reference bit for bit."""
@@ -65,7 +72,13 @@ def compile_cmd(checkpoint, target_kind, arch, mcpu, batch, name, num_heads, con
     with announced_assumptions():
         report = compile_checkpoint(checkpoint, target_kind, out, arch=arch, mcpu=mcpu,
                                     batch=parse_batch(batch), force=force, name=name,
-                                    progress=not quiet, given=given, tuning_db=tuning_db)
+                                    progress=not quiet, given=given, tuning_db=tuning_db,
+                                    softmax_bits=softmax_bits and int(softmax_bits))
+    if softmax_bits is not None and report.trained_softmax_bits != report.softmax_bits:
+        click.echo(f"ivit-compile: note: Shiftmax emits {softmax_bits}-bit probabilities "
+                   f"(--softmax-bits; the checkpoint's model uses {report.trained_softmax_bits}): "
+                   "the artifact's logits follow the reference at that width, not the trained "
+                   "model's", err=True)
     size_mb = report.library_bytes / 2**20
     click.echo(f"wrote {report.out} ({size_mb:.1f} MiB, {report.total_seconds:.1f} s): "
                f"{report.contents}")

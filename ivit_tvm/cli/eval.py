@@ -49,12 +49,18 @@ FP, REFERENCE, ARTIFACT = "FP (timm float)", "integer reference", "ivit-tvm arti
 @click.option("--model", "name", default=None, metavar="NAME",
               help="Model name when the checkpoint has no ivit-tvm metadata (see ivit-compile).")
 @model_options
+@click.option("--softmax-bits", type=click.Choice(["16", "8"]), default=None,
+              help="Evaluate the model with Shiftmax at this width (ivit-compile's fast mode: "
+                   "8) instead of as trained: the integer reference and the compiled artifact "
+                   "use it, the float row does not, so the accuracy cost reads off the table. "
+                   "Default: the --artifact's recorded width, else as trained.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also write the results to this JSON file.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @reports_errors
 def eval_cmd(checkpoint, data_dir, artifact, target_kind, no_artifact, fp_weights, batch_size,
-             reference_every, limit, seed, workers, name, num_heads, config_items, json_out, quiet):
+             reference_every, limit, seed, workers, name, num_heads, config_items, softmax_bits,
+             json_out, quiet):
     """Evaluate CHECKPOINT (an I-ViT checkpoint) on the images under --data.
 
     Prints top-1/top-5 of the float model, the PyTorch integer reference and the compiled
@@ -63,11 +69,18 @@ def eval_cmd(checkpoint, data_dir, artifact, target_kind, no_artifact, fp_weight
     """
     from ..checkpoint import load_checkpoint
     from ..evaluate import fp_predictor, image_folder, load_fp_model, reference_predictor
+    from ..models.precision import set_softmax_bits
 
     with announced_assumptions():
         model, info = load_checkpoint(checkpoint, name=name,
                                       **given_fields(num_heads, config_items))
     config = info.config
+    if artifact is not None and not no_artifact:
+        softmax_bits = _artifact_softmax_bits(artifact, softmax_bits)
+    if softmax_bits is not None and set_softmax_bits(model, int(softmax_bits)) != int(softmax_bits):
+        click.echo(f"ivit-eval: note: Shiftmax at {softmax_bits} bits, not as trained: the "
+                   "integer reference and the artifact use that width, the float model does "
+                   "not", err=True)
     dataset = image_folder(data_dir, config.img_size, config.num_classes, limit, seed)
     predictors = {FP: fp_predictor(load_fp_model(model, fp_weights)),
                   REFERENCE: reference_predictor(model)}
@@ -96,6 +109,19 @@ def _compile(model, target_kind: str, out: Path, checkpoint: Path, quiet: bool) 
     compile_model(model, make_target(target_kind), out, source=str(checkpoint.resolve()),
                   progress=not quiet, checkpoint_sha256=file_sha256(checkpoint))
     return out
+
+
+def _artifact_softmax_bits(path: Path, asked: str | None) -> str | None:
+    """The Shiftmax width the artifact was compiled with (None: as trained, or an artifact
+    from before --softmax-bits); ArtifactError when --softmax-bits asks for another."""
+    from ..artifact import ArtifactError, read_manifest
+
+    recorded = read_manifest(path).get("softmax_bits")
+    if asked is not None and recorded is not None and int(asked) != recorded:
+        raise ArtifactError(f"{path}: compiled with Shiftmax at {recorded} bits, but "
+                            f"--softmax-bits {asked} was given; drop --softmax-bits (the "
+                            "artifact's width is used) or compile another artifact")
+    return asked if recorded is None else str(recorded)
 
 
 def _artifact_predictor(path: Path, config, checkpoint: Path):

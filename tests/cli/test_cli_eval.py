@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from support import DEIT, SWIN, images, quantized
+from support import DEIT, SWIN, digit_folder, images, quantized
 
 from ivit_tvm import data
 from ivit_tvm.cli.eval import ARTIFACT, FP, REFERENCE, eval_cmd
@@ -25,13 +25,7 @@ PER_CLASS = 2
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """A tiny ImageFolder: 10 classes of 8x8 digit PNGs from the test split."""
-    root = tmp_path_factory.mktemp("digits")
-    digits, labels = data.load_split("test")
-    for digit in range(10):
-        (root / str(digit)).mkdir()
-        for i, index in enumerate((labels == digit).nonzero()[0][:PER_CLASS]):
-            data.to_pil(digits[index]).save(root / str(digit) / f"{i}.png")
-    return root
+    return digit_folder(tmp_path_factory.mktemp("digits"), PER_CLASS)
 
 
 def evaluate(*args) -> tuple[object, dict | None]:
