@@ -85,11 +85,13 @@ class IntegerGraph:
 
     # ---- quantized modules --------------------------------------------------------------
     def _dyadic(self, scale_in, scale_out, like_channels: int | None = None):
-        """(multiplier, shift) as Python ints (per tensor) or int64 constants (per channel)."""
+        """(multiplier, shift) as Python ints (per tensor) or constants (per channel): the
+        multipliers int32 (dyadic's |multiplier| < 2**31: exact), so the int64 product of an
+        int32 value and a multiplier is one vpmuldq per 4 lanes on AVX2; the shifts int64."""
         multiplier, shift = requant_params(scale_in, scale_out)
         if multiplier.size == 1:
             return int(multiplier[0]), int(shift[0])
-        return self.const(multiplier, "int64"), self.const(shift, "int64")
+        return self.const(multiplier, "int32"), self.const(shift, "int64")
 
     def quant_act(self, act: QuantAct, x, scale_in, identity=None, identity_scale=None, name=""):
         out_scale = act.scale()

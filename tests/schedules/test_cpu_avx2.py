@@ -18,6 +18,7 @@ from ivit_tvm.schedules.cpu.pipeline import cpu_pipeline
 from support import DEIT, SWIN, images, quantized
 from tvm import relax, te, tirx
 
+from ivit_tvm import ops
 from ivit_tvm.frontend import from_model
 
 LLVM = get_backend("llvm")
@@ -170,6 +171,22 @@ def test_register_block_fits_the_register_file(vector_bytes):
     assert gemm.choose_tile(72, 4, 64) == gemm.Tile(8, 3, 4)  # zmm: 24 accumulators
 
 
+def test_layernorm_multiplies_narrow_values_with_vpmuldq():
+    """I-LayerNorm of int16 rows: q - mean and the factor are int16/int32 values in int64
+    products, so AVX2 multiplies them with vpmuldq, never the three-vpmuludq 64-bit emulation
+    (TVM's simplifier moves casts: an int32 q - mean came back as an int64 subtraction)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((tirx.Var("rows", "int64"), 384), "int16"))
+    bias = relax.const(np.arange(384, dtype=np.int32))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit_te(ops.int_layernorm, x, bias,
+                                            primfunc_name_hint="ivit_layernorm"))
+        bb.emit_func_output(out)
+    asm = asm_of(tvm.compile(bb.get(), target=AVX2.target, relax_pipeline=cpu_pipeline(AVX2)))
+    assert mnemonics(asm, "vpmuldq") and not mnemonics(asm, "vpmuludq")
+
+
 # ---- AVX-VNNI: built for Alder Lake, assembly only ---------------------------------------------
 def test_avxvnni_kernels_use_vex_vpdpbusd_and_vpdpwssd_on_ymm():
     dense_asm = asm_of(dense_kernel(197, 384, 1000, isa.PATHS["avxvnni"], AVXVNNI))
@@ -221,6 +238,16 @@ def test_avx2_model_matches_integer_reference(config, batch):
     np.testing.assert_array_equal(logits, quantized(config).forward_integer(x)[0].numpy())
     asm = asm_of(ex)
     assert mnemonics(asm, "vpmaddwd") and not mnemonics(asm, "vpmaddubsw")
+    # the dense epilogues' per-channel requantize and I-LayerNorm multiply int32 values
+    emulated = [name for name, body in functions(asm).items()
+                if ("dense" in name or "layernorm" in name) and mnemonics(body, "vpmuludq")]
+    assert not emulated, emulated
+
+
+def functions(asm: str) -> dict[str, str]:
+    """The assembly text of each symbol defined at a line start (`name:`), by name."""
+    parts = re.split(r"^([A-Za-z_]\w*):", asm, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 def test_portable_model_matches_integer_reference():
