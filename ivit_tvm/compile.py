@@ -39,8 +39,7 @@ class CompileReport:
     library_bytes: int = 0
     contents: str = ""
     tuned_kernels: list[str] = field(default_factory=list)  # schedules from the tuning database
-    softmax_bits: int = 0  # the artifact's Shiftmax output width
-    trained_softmax_bits: int = 0  # the loaded model's, before --softmax-bits
+    trained_softmax_bits: int | None = None  # compile_checkpoint: the width before --softmax-bits
 
     @property
     def total_seconds(self) -> float:
@@ -100,7 +99,7 @@ def compile_model(model, target: TargetInfo, out: str | os.PathLike,
         tuning_db = open_database(tuning_db)
     backend = get_backend(target.kind)
     report = CompileReport(out=out, target=json.loads(str(target.target)))
-    report.softmax_bits = report.trained_softmax_bits = softmax_bits_of(model)
+    softmax_width = softmax_bits_of(model)  # recorded: ivit-eval runs its reference at it
     stages = ["frontend", "graph passes", "build", "export"]
     bar = tqdm(total=len(stages), desc="ivit-compile", unit="stage", disable=not progress)
 
@@ -139,7 +138,7 @@ def compile_model(model, target: TargetInfo, out: str | os.PathLike,
                             for key, why in (assumed or {}).items()},
                 "input_scale": result.input_scale,
                 "input_bits": model.qact_input.activation_bit,
-                "softmax_bits": report.softmax_bits,
+                "softmax_bits": softmax_width,
                 "input_shape": list(result.input_shape),
                 "logits_scale": [float(v) for v in result.logits_scale],
                 "target": report.target,

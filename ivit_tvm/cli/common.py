@@ -186,3 +186,10 @@ def announced_assumptions():
 
         warnings.showwarning = show
         yield
+
+
+def softmax_bits_option(help_text: str):
+    """--softmax-bits 16|8 (ivit_tvm.models.precision), passed on as an int or None."""
+    return click.option(
+        "--softmax-bits", type=click.Choice(["16", "8"]), default=None, help=help_text,
+        callback=lambda _ctx, _param, value: None if value is None else int(value))

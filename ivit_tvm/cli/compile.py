@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from .common import CONTEXT, announced_assumptions, given_fields, model_options, reports_errors
+from .common import (
+    CONTEXT,
+    announced_assumptions,
+    given_fields,
+    model_options,
+    reports_errors,
+    softmax_bits_option,
+)
 
 
 def parse_batch(value: str) -> int | None:
@@ -51,8 +58,8 @@ def parse_batch(value: str) -> int | None:
               help="A tuning database written by ivit-tune: kernels it has a record for (at this "
                    "--batch) take the tuned schedule, the rest the hand-written ones. Default: "
                    "the database shipped in the package for this target, if any.")
-@click.option("--softmax-bits", type=click.Choice(["16", "8"]), default=None,
-              help="Opt-in fast mode: 8 makes every Shiftmax emit 8-bit probabilities, so "
+@softmax_bits_option(
+              "Opt-in fast mode: 8 makes every Shiftmax emit 8-bit probabilities, so "
                    "probs @ V is one int8 x int8 GEMM instead of int16 x int8. This is another "
                    "model than the checkpoint's (DeiT/ViT train with 16 bits; Swin already uses "
                    "8): its logits differ and accuracy can drop (README). The artifact records "
@@ -73,8 +80,8 @@ def compile_cmd(checkpoint, target_kind, arch, mcpu, batch, name, num_heads, con
         report = compile_checkpoint(checkpoint, target_kind, out, arch=arch, mcpu=mcpu,
                                     batch=parse_batch(batch), force=force, name=name,
                                     progress=not quiet, given=given, tuning_db=tuning_db,
-                                    softmax_bits=softmax_bits and int(softmax_bits))
-    if softmax_bits is not None and report.trained_softmax_bits != report.softmax_bits:
+                                    softmax_bits=softmax_bits)
+    if softmax_bits is not None and report.trained_softmax_bits != softmax_bits:
         click.echo(f"ivit-compile: note: Shiftmax emits {softmax_bits}-bit probabilities "
                    f"(--softmax-bits; the checkpoint's model uses {report.trained_softmax_bits}): "
                    "the artifact's logits follow the reference at that width, not the trained "

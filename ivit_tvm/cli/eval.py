@@ -10,7 +10,14 @@ from pathlib import Path
 
 import click
 
-from .common import CONTEXT, announced_assumptions, given_fields, model_options, reports_errors
+from .common import (
+    CONTEXT,
+    announced_assumptions,
+    given_fields,
+    model_options,
+    reports_errors,
+    softmax_bits_option,
+)
 
 FP, REFERENCE, ARTIFACT = "FP (timm float)", "integer reference", "ivit-tvm artifact"
 
@@ -49,8 +56,8 @@ FP, REFERENCE, ARTIFACT = "FP (timm float)", "integer reference", "ivit-tvm arti
 @click.option("--model", "name", default=None, metavar="NAME",
               help="Model name when the checkpoint has no ivit-tvm metadata (see ivit-compile).")
 @model_options
-@click.option("--softmax-bits", type=click.Choice(["16", "8"]), default=None,
-              help="Evaluate the model with Shiftmax at this width (ivit-compile's fast mode: "
+@softmax_bits_option(
+              "Evaluate the model with Shiftmax at this width (ivit-compile's fast mode: "
                    "8) instead of as trained: the integer reference and the compiled artifact "
                    "use it, the float row does not, so the accuracy cost reads off the table. "
                    "Default: the --artifact's recorded width, else as trained.")
@@ -77,7 +84,7 @@ def eval_cmd(checkpoint, data_dir, artifact, target_kind, no_artifact, fp_weight
     config = info.config
     if artifact is not None and not no_artifact:
         softmax_bits = _artifact_softmax_bits(artifact, softmax_bits)
-    if softmax_bits is not None and set_softmax_bits(model, int(softmax_bits)) != int(softmax_bits):
+    if softmax_bits is not None and set_softmax_bits(model, softmax_bits) != softmax_bits:
         click.echo(f"ivit-eval: note: Shiftmax at {softmax_bits} bits, not as trained: the "
                    "integer reference and the artifact use that width, the float model does "
                    "not", err=True)
@@ -111,17 +118,22 @@ def _compile(model, target_kind: str, out: Path, checkpoint: Path, quiet: bool) 
     return out
 
 
-def _artifact_softmax_bits(path: Path, asked: str | None) -> str | None:
+def _artifact_softmax_bits(path: Path, asked: int | None) -> int | None:
     """The Shiftmax width the artifact was compiled with (None: as trained, or an artifact
-    from before --softmax-bits); ArtifactError when --softmax-bits asks for another."""
+    from before --softmax-bits); ArtifactError when --softmax-bits asks for another, or the
+    manifest records a width that is none."""
     from ..artifact import ArtifactError, read_manifest
+    from ..models.precision import SOFTMAX_BITS
 
     recorded = read_manifest(path).get("softmax_bits")
-    if asked is not None and recorded is not None and int(asked) != recorded:
+    if recorded is not None and recorded not in SOFTMAX_BITS:
+        raise ArtifactError(f"{path}: its manifest records softmax_bits {recorded!r}, not one of "
+                            f"{', '.join(map(str, SOFTMAX_BITS))}; recompile the artifact")
+    if asked is not None and recorded is not None and asked != recorded:
         raise ArtifactError(f"{path}: compiled with Shiftmax at {recorded} bits, but "
                             f"--softmax-bits {asked} was given; drop --softmax-bits (the "
                             "artifact's width is used) or compile another artifact")
-    return asked if recorded is None else str(recorded)
+    return asked if recorded is None else recorded
 
 
 def _artifact_predictor(path: Path, config, checkpoint: Path):

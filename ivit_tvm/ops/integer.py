@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from numbers import Integral
 
-from tvm import DataType, tirx
+from tvm import DataType, te, tirx
 
 from ..quant.constants import (
     INT32_MAX,
@@ -34,7 +34,10 @@ def const64(value: int) -> tirx.PrimExpr:
 
 
 def dtype_of(value) -> str:
-    """The dtype string of a TIR expression or a te tensor element (`T.int8` -> "int8")."""
+    """The dtype string of a TIR expression, a te tensor or one of its elements (`T.int8` ->
+    "int8"; a te.Tensor's `ty` is opaque, its `dtype` is the element's)."""
+    if isinstance(value, te.Tensor):
+        return str(value.dtype)
     return str(value.ty if hasattr(value, "ty") else value.dtype)
 
 

@@ -55,7 +55,7 @@ def int_layernorm(q: te.Tensor, bias_q: te.Tensor) -> te.Tensor:
     # q - mean and the factor are narrow values widened for their int64 products (the same
     # values: exact). LLVM then sees operands with >= 33 sign bits and multiplies with one
     # vpmuldq per 4 lanes on AVX2 instead of a 64 x 64-bit emulation (three vpmuludq).
-    narrow = int_bits(q[(0,) * len(q.shape)]) <= 16
+    narrow = int_bits(q) <= 16
 
     def centered(index) -> tirx.PrimExpr:  # int64
         mean = row_mean[index[:-1]]

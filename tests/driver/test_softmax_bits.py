@@ -122,3 +122,8 @@ def test_eval_runs_the_reference_at_the_artifacts_width(digits_folder, tmp_path)
                                           "--artifact", str(out), "--softmax-bits", "16",
                                           "--quiet"])
     assert clash.exit_code == 1 and "compiled with Shiftmax at 8 bits" in clash.stderr
+    manifest = json.loads((out / MANIFEST).read_text())
+    (out / MANIFEST).write_text(json.dumps({**manifest, "softmax_bits": 12}))
+    corrupt = CliRunner().invoke(eval_cmd, [str(data.DIGITS_QAT), "--data", str(digits_folder),
+                                            "--artifact", str(out), "--quiet"])
+    assert corrupt.exit_code == 1 and "records softmax_bits 12" in corrupt.stderr
