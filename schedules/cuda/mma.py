@@ -1,14 +1,14 @@
 """Tensor-core int8 GEMM for sm_80+: mma.sync m16n8k32 s8, ldmatrix, cp.async, fused epilogue.
 
 The GEMM is normalised like gemm.py's dp4a rule, C[S, I, J] += A[S, I, K] * B[S, J, K], and
-padded to whole block tiles (M = batch x tokens is ragged; N and K must divide the tile, see
-mma_tiles.choose_tile). Then, per block tile (mma_tiles.MmaTile):
+padded to whole block tiles (M = batch x tokens is ragged, and so is N = tokens in attention's
+q @ k^T; K must be whole k tiles, see mma_tiles.choose_tile). Then, per block tile (mma_tiles.MmaTile):
 
     blockIdx.x: S x M tiles, blockIdx.y: N tiles, threadIdx.y: warps, threadIdx.x: lanes
     for each k tile (software pipeline of `stages`, cp.async global -> shared, 16 bytes a lane):
         for each 32-deep k step: ldmatrix A and B 16x32 fragments to registers ("warp")
             for each 16x16 tile of the warp's C: mma.sync m16n8k32 twice
-    epilogue: C fragments -> requantize (inlined consumers) -> global, rows >= M not stored
+    epilogue: C fragments -> requantize (inlined consumers) -> global, rows >= M (columns >= N) not stored
 
 `schedule_mma(..., tensorize=False)` stops before the four `tensorize` calls: what remains is
 the same TIR with each intrinsic's description in its place (tensorize checks structural
@@ -248,18 +248,19 @@ def clamp_padded_rows(func: tirx.PrimFunc) -> tirx.PrimFunc:
 def plan_mma(func: tirx.PrimFunc, block_name: str, dtypes, k_contiguous, target: Target,
              tile: MmaTile | None = None) -> tuple[GemmShape, MmaTile] | None:
     """(shape, tile) when the GEMM block `block_name` of `func` runs on tensor cores for
-    `target`: sm_80+, int8 x int8, k-contiguous operands, no batch axis S (dense layers;
-    attention's batched matmuls are not covered by the twin tests yet), static N and K
-    divisible by a tile (`tile`, or the one mma_tiles.choose_tile picks). None: use another
-    strategy."""
+    `target`: sm_80+, int8 x int8, k-contiguous operands, static N and K, and a tile (`tile`,
+    or the one mma_tiles.choose_tile picks) with whole k tiles. Dense layers (no batch axis S)
+    need whole N tiles too; attention's batched matmuls (S = batch x heads) pad N = tokens
+    like M. None: use another strategy."""
     if sm_version(target) < MIN_SM:
         return None
     if tuple(dtypes) != ("int8", "int8") or not all(k_contiguous):
         return None
     shape = gemm_shape(func, block_name)
-    if shape is None or shape.batch != 1:
+    if shape is None:
         return None
-    tile = tile or choose_tile(shape.m, shape.n, shape.k)
-    if tile is None or shape.n % tile.block_n or shape.k % tile.k_tile:
+    ragged_n = shape.batch != 1
+    tile = tile or choose_tile(shape.m, shape.n, shape.k, ragged_n=ragged_n)
+    if tile is None or shape.k % tile.k_tile or (not ragged_n and shape.n % tile.block_n):
         return None
     return shape, tile

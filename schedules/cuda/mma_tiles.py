@@ -3,8 +3,9 @@
 A block of warps_m x warps_n warps computes a block_m x block_n tile of C; each warp owns a
 (block_m / warps_m) x (block_n / warps_n) tile made of 16x16 mma tiles, and the block streams
 K through shared memory k_tile at a time, `stages` tiles in flight (cp.async). N and K must be
-whole tiles (they are weights' dimensions: 384, 1152, 1536 in DeiT-S); M (batch x tokens) is
-padded to the tile and the padded rows are never stored.
+whole tiles for dense layers (weights' dimensions: 384, 1152, 1536 in DeiT-S); M (batch x
+tokens, or tokens per head in attention) is padded to the tile and the padded rows are never
+stored, and so is attention's N (tokens: q @ k^T's columns).
 """
 
 from __future__ import annotations
@@ -55,35 +56,44 @@ class MmaTile:
         return f"{self.block_m}x{self.block_n}x{self.k_tile}/{self.warps}w/{self.stages}s"
 
 
-# Largest first: the first tile whose block_n divides N and k_tile divides K is taken, unless
-# M is small enough that a smaller block_m wastes fewer padded rows (see choose_tile).
+# Largest first: the first fitting tile is taken unless padding M (or attention's N) wastes
+# 1/8 of it or more (see choose_tile). k_tile 32 variants serve head_dim 32 (Swin-T's q @ k^T).
 # Warp tiles of at most 64x32 (8 mma tiles, 64 int32 accumulators a lane): a 64x64 warp tile
 # spills registers at K = 1536 (measured with ptxas for sm_80).
 TILE_TABLE: tuple[MmaTile, ...] = (
     MmaTile(128, 128, 2, 4),
     MmaTile(128, 64, 2, 2),
     MmaTile(64, 64, 2, 2),
+    MmaTile(64, 64, 2, 2, k_tile=32),
     MmaTile(64, 32, 2, 1),
     MmaTile(32, 32, 1, 1, k_tile=32),
 )
 STATIC_SHARED_LIMIT = 48 * 1024  # bytes of static shared memory per block on sm_80..sm_90
 
 
-def choose_tile(m: int | None, n: int, k: int, table=TILE_TABLE) -> MmaTile | None:
-    """The tile for an (M, N, K) GEMM (M None: symbolic), or None if no tile divides N and K.
+def padded(extent: int, block: int) -> int:
+    """`extent` rounded up to whole blocks."""
+    return -(-extent // block) * block
 
-    With a symbolic M (the batch is a runtime value) the largest fitting tile is taken; with
-    a static M, tiles are ranked by the padded rows they compute (fewer first), then by size.
+
+def choose_tile(m: int | None, n: int, k: int, table=TILE_TABLE,
+                ragged_n: bool = False) -> MmaTile | None:
+    """The tile for an (M, N, K) GEMM (M None: symbolic), or None if no tile fits.
+
+    K must be whole k tiles. N must be whole block_n tiles unless `ragged_n` (attention's
+    N = tokens: B's padded rows are clamped and C's padded columns never stored, like M's).
+    Tiles are ranked by the share of C they compute for padding (1 - M N / (M' N'), with a
+    symbolic M counting as whole tiles): among tiles wasting under 1/8, the largest; else the
+    least wasteful (ties: the larger).
     """
-    fitting = [t for t in table if n % t.block_n == 0 and k % t.k_tile == 0
+    fitting = [t for t in table if (ragged_n or n % t.block_n == 0) and k % t.k_tile == 0
                and t.shared_bytes <= STATIC_SHARED_LIMIT]
     if not fitting:
         return None
-    if m is None:
-        return fitting[0]
+
     def waste(tile: MmaTile) -> float:
-        padded = -(-m // tile.block_m) * tile.block_m
-        return (padded - m) / padded
-    # Among tiles wasting under 1/8 of their rows, the largest; else the least wasteful.
+        used = (1.0 if m is None else m / padded(m, tile.block_m)) * n / padded(n, tile.block_n)
+        return 1.0 - used
+
     good = [t for t in fitting if waste(t) < 0.125]
     return good[0] if good else min(fitting, key=waste)

@@ -149,6 +149,20 @@ def test_dense_kernels_use_tensor_cores_or_dp4a_in_ptx(built):
     assert all(report_ptx(body, arch).instructions["local_memory"] == 0 for body in dp4a_only)
 
 
+@needs_nvcc
+def test_attention_logits_use_tensor_cores_on_sm80_and_newer(built):
+    """q @ k^T (int8 x int8, fused with its requantize) on mma.sync s8 from sm_80, dp4a below;
+    p @ V with 16-bit probabilities keeps the scalar loop (no IMMA, no dp4a)."""
+    arch, _, source = built
+    ptx = compile_kernels(source, arch, "ptx").decode()
+    logits = kernel_ptx(ptx, "batch_matmul_ivit_requantize")
+    context = [body for body in kernel_ptx(ptx, "batch_matmul") if body not in logits]
+    assert logits and context
+    unit = ".s8.s8.s32" if int(arch.removeprefix("sm_")) >= 80 else "dp4a.s32.s32"
+    assert all(unit in body for body in logits), arch
+    assert not any("mma.sync" in body or "dp4a" in body for body in context), arch
+
+
 # ---- artifacts --------------------------------------------------------------------------
 @needs_nvcc
 @needs_cc

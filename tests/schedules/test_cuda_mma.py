@@ -22,7 +22,7 @@ from support import deit_and_images
 from tvm import s_tir, te, tirx
 
 from ivit_tvm.frontend import from_model
-from ivit_tvm.ops.matmul import integer_dense
+from ivit_tvm.ops.matmul import integer_batch_matmul, integer_dense
 from ivit_tvm.ops.requantize import requantize, requantize_add
 from ivit_tvm.quant import functional
 
@@ -157,9 +157,85 @@ def test_twin_is_bit_exact_when_tokens_are_a_multiple_of_16(twins):
     np.testing.assert_array_equal(run_twin(lib, inputs, False), reference(inputs, False))
 
 
-def shift_operand_rows(func: tirx.PrimFunc, buffer_name: str, by: int) -> tirx.PrimFunc:
-    """A wrong tile offset: the shared-memory copy of `buffer_name` reads rows shifted by `by`
-    (modulo the row count, so every read stays in bounds)."""
+# ---- attention's q @ k^T: batched (S = batch x heads), N = tokens padded like M ---------------
+# (heads, tokens, head_dim): DeiT-S (197 tokens, 64), Swin-T's 7x7 windows (49, 32), 16 tokens.
+ATTENTION = [(6, 197, 64), (3, 49, 32), (2, 16, 64)]
+QK_MULTIPLIER, QK_SHIFT = 1282548807, 38  # a DeiT-S attention logit requantize
+
+
+def qk_requantize(heads: int, tokens: int, head_dim: int) -> tirx.PrimFunc:
+    """q, k (batch, heads, tokens, head_dim) int8 -> q @ k^T requantized to int8, batch
+    symbolic: the frontend's fused attention-logit kernel as a standalone PrimFunc."""
+    batch = tirx.Var("batch", "int64")
+    shape = (batch, *_i64(heads, tokens, head_dim))
+    q = te.placeholder(shape, "int8", name="q")
+    k = te.placeholder(shape, "int8", name="k")
+    acc = integer_batch_matmul(q, k, transpose_b=True)  # (batch, heads, tokens, tokens) int32
+    return te.create_prim_func([q, k, requantize(acc, QK_MULTIPLIER, QK_SHIFT, 8)])
+
+
+def qk_inputs(batch: int, heads: int, tokens: int, head_dim: int, kind: str,
+              seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    shape = (batch, heads, tokens, head_dim)
+    if kind == "extreme":
+        return {name: rng.choice(np.array([-128, 127], np.int8), shape) for name in "qk"}
+    return {name: rng.integers(-128, 128, shape, dtype=np.int8) for name in "qk"}
+
+
+def qk_reference(inputs: dict) -> np.ndarray:
+    q, k = (torch.from_numpy(inputs[name]) for name in "qk")
+    acc = functional.integer_matmul(q, k.transpose(-1, -2))  # (B, H, T, T) int32
+    return functional.requantize(acc, QK_MULTIPLIER, QK_SHIFT, 8).numpy()
+
+
+def run_qk_twin(lib, inputs: dict) -> np.ndarray:
+    batch, heads, tokens, _ = inputs["q"].shape
+    out = np.zeros((batch, heads, tokens, tokens), np.int8)
+    args = [tvm.runtime.tensor(inputs["q"]), tvm.runtime.tensor(inputs["k"]),
+            tvm.runtime.tensor(out)]
+    lib["twin"](*args)
+    return args[-1].numpy()
+
+
+@pytest.mark.parametrize(("heads", "tokens", "head_dim"), ATTENTION)
+def test_qk_twin_is_bit_exact_with_padded_rows_and_columns(heads, tokens, head_dim):
+    func = qk_requantize(heads, tokens, head_dim)
+    sch = s_tir.Schedule(func)
+    name = sch.get(match_integer_gemm(sch).block).name_hint
+    plan = mma.plan_mma(func, name, ("int8", "int8"), (True, True),
+                        tvm.target.Target({"kind": "cuda", "arch": "sm_80"}))
+    assert plan is not None, "q @ k^T should run on tensor cores"
+    shape, tile = plan
+    assert (shape.m, shape.n, shape.k) == (tokens, tokens, head_dim)
+    lib = twin.build_twin(scheduled(func, tile, tensorize=False))
+    for batch, kind in ((1, "random"), (3, "extreme")):
+        inputs = qk_inputs(batch, heads, tokens, head_dim, kind, seed=batch)
+        np.testing.assert_array_equal(run_qk_twin(lib, inputs), qk_reference(inputs))
+
+
+def test_qk_twin_fails_when_k_rows_are_shifted():
+    tile = mma_tiles.MmaTile(32, 32, 1, 1, k_tile=32)
+    good = scheduled(qk_requantize(2, 49, 64), tile, tensorize=False)
+    inputs = qk_inputs(2, 2, 49, 64, "random", seed=11)
+    np.testing.assert_array_equal(run_qk_twin(twin.build_twin(good), inputs),
+                                  qk_reference(inputs))
+    bad = twin.build_twin(shift_operand_rows(twin.cpu_twin(good), "k", 1, axis=2))
+    assert not np.array_equal(run_qk_twin(bad, inputs), qk_reference(inputs))
+
+
+def test_attention_tiles_rank_padding_of_both_axes():
+    deit = mma_tiles.choose_tile(197, 197, 64, ragged_n=True)
+    assert deit is not None and deit.name.startswith("32x32")  # 197 -> 224 wastes least
+    swin = mma_tiles.choose_tile(49, 49, 32, ragged_n=True)
+    assert swin is not None and swin.k_tile == 32 and swin.block_m == 64  # 49 -> 64 either way
+    assert mma_tiles.choose_tile(197, 197, 64) is None  # dense layers keep whole N tiles
+
+
+def shift_operand_rows(func: tirx.PrimFunc, buffer_name: str, by: int,
+                       axis: int = 0) -> tirx.PrimFunc:
+    """A wrong tile offset: the shared-memory copy of `buffer_name` reads rows (its `axis`)
+    shifted by `by` (modulo the row count, so every read stays in bounds)."""
 
     def post(node):
         if not (isinstance(node, s_tir.SBlock) and isinstance(node.body, tirx.BufferStore)):
@@ -170,10 +246,9 @@ def shift_operand_rows(func: tirx.PrimFunc, buffer_name: str, by: int) -> tirx.P
         load = store.value
         if not (isinstance(load, tvm.ir.TensorLoad) and load.source.name == buffer_name):
             return node
-        rows = load.source.shape[0]
-        index = load.indices[0]
-        shifted = tirx.BufferLoad(load.source, [tirx.FloorMod(index + by, rows),
-                                                *load.indices[1:]])
+        indices = list(load.indices)
+        indices[axis] = tirx.FloorMod(indices[axis] + by, load.source.shape[axis])
+        shifted = tirx.BufferLoad(load.source, indices)
         return s_tir.SBlock(list(node.iter_vars), list(node.reads), list(node.writes),
                             node.name_hint, tirx.BufferStore(store.buffer, shifted,
                                                              list(store.indices)))
@@ -226,7 +301,8 @@ def test_substitute_refuses_what_it_does_not_know():
 
 # ---- the CUDA kernels -------------------------------------------------------------------
 def deit_s_cuda_source() -> str:
-    """CUDA C of the four DeiT-S GEMMs (tensorized, 197 tokens, symbolic batch), one module."""
+    """CUDA C of the four DeiT-S dense GEMMs and its q @ k^T (tensorized, 197 tokens,
+    symbolic batch), one module."""
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
     functions = {}
     for n, k in DEIT_S:
@@ -234,6 +310,9 @@ def deit_s_cuda_source() -> str:
         name = f"gemm_{n}x{k}"
         functions[name] = scheduled(dense_requantize(197, n, k), tile, True).with_attr(
             "global_symbol", name)
+    tile = mma_tiles.choose_tile(197, 197, 64, ragged_n=True)
+    functions["qk_6x197x64"] = scheduled(qk_requantize(6, 197, 64), tile, True).with_attr(
+        "global_symbol", "qk_6x197x64")
     with tvm.transform.PassContext(config={"tirx.use_async_copy": 1}):
         built = tvm.compile(tvm.IRModule(functions), target=target)
     return kernels.cuda_source(built)
@@ -255,7 +334,7 @@ def compiled(request, deit_s_source):
 def test_gemm_ptx_has_s8_mma_ldmatrix_and_cp_async(compiled):
     arch, _, ptx, _ = compiled
     per_kernel = kernels.kernel_instructions(ptx)
-    assert len(per_kernel) == len(DEIT_S), arch
+    assert len(per_kernel) == len(DEIT_S) + 1, arch
     for name, counts in per_kernel.items():
         assert counts["mma_s8"] > 0, name
         assert counts["ldmatrix"] > 0 and counts["cp_async"] > 0, name
@@ -265,7 +344,7 @@ def test_gemm_ptx_has_s8_mma_ldmatrix_and_cp_async(compiled):
 def test_gemm_kernels_do_not_spill_and_fit_shared_memory(compiled):
     arch, _, _, log = compiled
     resources = kernels.parse_ptxas_resources(log)
-    assert len(resources) == len(DEIT_S)
+    assert len(resources) == len(DEIT_S) + 1
     for name, usage in resources.items():
         assert usage.spill_store_bytes == 0 and usage.spill_load_bytes == 0, (name, usage)
         assert usage.registers <= 255 and 0 < usage.shared_bytes <= SHARED_LIMIT[arch]
@@ -297,7 +376,9 @@ def test_pipeline_puts_dense_on_tensor_cores_on_sm80_and_records_the_tile(deit_m
     head = [row for row in dense.values() if row["n"] == 10]  # 10 classes: no tile fits
     assert head and all(row["strategy"] == "dp4a" for row in head)
     attention = [row for row in choices if "batch_matmul" in row["primfunc"]]
-    assert attention and all(row["strategy"] != "mma" for row in attention)  # not yet
+    logits = [row for row in attention if "requantize" in row["primfunc"]]  # q @ k^T, fused
+    assert logits and all(row["strategy"] == "mma" for row in logits)
+    assert {row["strategy"] for row in attention if row not in logits} == {"scalar"}  # int16 p@V
     for row in dense.values():
         if row["strategy"] == "mma":
             tile = next(t for t in mma_tiles.TILE_TABLE if t.name == row["tile"])
