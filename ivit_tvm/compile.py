@@ -48,8 +48,10 @@ class CompileReport:
 
 def lower_model(model, target: TargetInfo, batch: int | None = None) -> FrontendResult:
     """from_model as the target prefers it: Shiftmax/ShiftGELU per element in int64 where the
-    target multiplies 64-bit vectors natively (Capabilities.int64_vectors), int32 otherwise."""
-    return from_model(model, batch=batch, narrow_exp=not target.caps.int64_vectors)
+    target multiplies 64-bit vectors natively (Capabilities.int64_vectors), int32 otherwise;
+    16-bit probabilities @ V as two 8-bit GEMMs on int8 tensor cores."""
+    return from_model(model, batch=batch, narrow_exp=not target.caps.int64_vectors,
+                      byte_products=target.caps.int8_tensor_cores)
 
 
 def apply_graph_passes(result: FrontendResult) -> FrontendResult:

@@ -18,6 +18,7 @@ from tvm.target import codegen
 CUDA_ARCH = re.compile(r"sm_(\d{2,3})([af]?)")
 CUDA_ARCH_FORMS = '"sm_XY" with compute capability X.Y, e.g. "sm_80", "sm_86", "sm_90", "sm_90a"'
 MIN_CUDA_ARCH = 61  # dp4a needs sm_61+
+MIN_TENSOR_CORE_ARCH = 80  # int8 mma.sync m16n8k32 and cp.async (schedules/cuda/mma.py)
 VNNI_FEATURE = "avx512vnni"  # vpdpbusd/vpdpwssd on 512-bit vectors
 VECTOR_FEATURES = (("avx512bw", 64), ("avx2", 32))  # widest integer vector, in bytes; else 16
 # The integer dot-product ISA the CPU GEMMs use (schedules.cpu.isa), best first: the first
@@ -46,6 +47,9 @@ class Capabilities:
     int64_vectors: bool = False
     byte_permute: bool = False  # llvm: AVX512-VBMI's vpermi2b (ShiftGELU's table lookup)
     cuda_arch: str | None = None  # cuda: "sm_XY"
+    # cuda sm_80+: int8 tensor cores (mma.sync .s8/.u8); int16 x int8 matmuls are lowered as
+    # two 8-bit GEMMs there (frontend byte_products), elsewhere as one int16 x int8 loop
+    int8_tensor_cores: bool = False
     cuda_driver: bool = False  # cuda: a driver (libcuda.so.1) is loaded here: nvcc in process
 
 
@@ -142,7 +146,9 @@ def llvm_capabilities(target: tvm.target.Target) -> Capabilities:
 def cuda_capabilities(target: tvm.target.Target) -> Capabilities:
     """The arch of a cuda target, and whether this process has a CUDA driver to build with."""
     arch = check_cuda_arch(str(target.attrs["arch"]))
-    return Capabilities(cuda_arch=arch, cuda_driver=cuda_driver_loaded())
+    sm = int(CUDA_ARCH.fullmatch(arch).group(1))
+    return Capabilities(cuda_arch=arch, cuda_driver=cuda_driver_loaded(),
+                        int8_tensor_cores=sm >= MIN_TENSOR_CORE_ARCH)
 
 
 def cuda_driver_loaded() -> bool:

@@ -139,10 +139,10 @@ def references(name: str, model, batches) -> dict[str, np.ndarray]:
 
 
 def prepare_model(name: str, arch: str, out: Path) -> dict:
+    from ivit_tvm.schedules.backend import make_target
     from ivit_tvm.schedules.cuda.export import export_cuda_library
-    from ivit_tvm.schedules.targets import cuda_target
 
-    from ivit_tvm.frontend import from_model
+    from ivit_tvm.compile import apply_graph_passes, lower_model
     from ivit_tvm.models import model_config
     from ivit_tvm.ptq import random_calibrated
 
@@ -150,12 +150,13 @@ def prepare_model(name: str, arch: str, out: Path) -> dict:
     started = time.time()
     model = random_calibrated(model_config(model_name, **overrides))
     log(f"{name}: model ready ({time.time() - started:.0f} s)")
-    result = from_model(model)
+    cuda = make_target("cuda", arch=arch)
+    result = apply_graph_passes(lower_model(model, cuda))  # as ivit-compile lowers it
     refs = references(name, model, batches)
     np.savez(out / f"{name}_ref.npz", **refs)
     log(f"{name}: references for batches {list(batches)} ({time.time() - started:.0f} s)")
     build_started = time.time()
-    info = export_cuda_library(result.mod, cuda_target(arch), out / f"{name}.so")
+    info = export_cuda_library(result.mod, cuda.target, out / f"{name}.so")
     build_s = time.time() - build_started
     log(f"{name}: {info.path.name} {info.size_bytes / 2**20:.1f} MiB, built in {build_s:.0f} s")
     return {

@@ -32,9 +32,11 @@ def parse_batch(value: str) -> int | None:
                    "(vpdpbusd/vpdpwssd on zmm), else AVX-VNNI (the same on ymm), else AVX2 "
                    "(vpmaddwd on int16-widened operands), else vectorized loops. cuda: NVIDIA "
                    "GPU kernels for --arch: on sm_80 and newer the dense GEMMs whose N and K fit "
-                   "a tile run on int8 tensor cores (mma.sync m16n8k32, ldmatrix, cp.async); "
-                   "the rest (sm_61-sm_75, the head, attention) on dp4a; row kernels a warp per "
-                   "row. Every form is bit-exact with the PyTorch reference.")
+                   "a tile and both attention matmuls run on int8 tensor cores (mma.sync "
+                   "m16n8k32, ldmatrix, cp.async; 16-bit probs @ V as a high- and a low-byte "
+                   "GEMM, .s8 and .u8); the rest (sm_61-sm_75, the classifier head) on dp4a, "
+                   "16-bit probs @ V below sm_80 a scalar loop; row kernels a warp per row. "
+                   "Every form is bit-exact with the PyTorch reference.")
 @click.option("--arch", default=None, metavar="sm_XX",
               help="CUDA architecture, e.g. sm_80 (A100), sm_86, sm_89, sm_90 (H100/H200). "
                    "Default: the local GPU's; required on a machine without one. Ignored for "

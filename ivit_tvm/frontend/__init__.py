@@ -31,16 +31,20 @@ class FrontendResult:
     input_shape: tuple  # (B, C, H, W) with B = -1 when symbolic
 
 
-def from_model(model, batch: int | None = None, narrow_exp: bool = True) -> FrontendResult:
+def from_model(model, batch: int | None = None, narrow_exp: bool = True,
+               byte_products: bool = False) -> FrontendResult:
     """Lower a frozen I-ViT model to Relax (see the module docstring). narrow_exp: Shiftmax and
     ShiftGELU per element in int32 where that is exact (ops.integer.exp_fits_int32), else
-    int64; both are bit-exact, the faster depends on the target (Capabilities.int64_vectors)."""
+    int64; both are bit-exact, the faster depends on the target (Capabilities.int64_vectors).
+    byte_products: int16 x int8 matmuls (16-bit probabilities @ V) as the sum of two 8-bit
+    GEMMs, high and low bytes (ops.matmul), for targets whose GEMM units multiply 8-bit
+    operands only (Capabilities.int8_tensor_cores); bit-exact as well."""
     cfg = model.config
     emit = architecture(cfg.arch).emit
     batch_dim = tirx.Var(BATCH_VAR, "int64") if batch is None else int(batch)
     image_shape = (batch_dim, cfg.in_chans, cfg.img_size, cfg.img_size)
     bb = relax.BlockBuilder()
-    g = IntegerGraph(bb, narrow_exp=narrow_exp)
+    g = IntegerGraph(bb, narrow_exp=narrow_exp, byte_products=byte_products)
     input_act = model.qact_input
 
     q_images = relax.Var("q_images", relax.TensorType(image_shape, "int8"))

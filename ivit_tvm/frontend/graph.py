@@ -45,9 +45,11 @@ def gelu_requantize_table(x0: int, multiplier: int, shift: int, bits: int) -> np
 class IntegerGraph:
     """A thin layer over relax.BlockBuilder for integer I-ViT graphs."""
 
-    def __init__(self, bb: relax.BlockBuilder, narrow_exp: bool = True):
+    def __init__(self, bb: relax.BlockBuilder, narrow_exp: bool = True,
+                 byte_products: bool = False):
         self.bb = bb
         self.narrow_exp = narrow_exp  # Shiftmax/ShiftGELU in int32 where exact (from_model)
+        self.byte_products = byte_products  # int16 x int8 matmuls as two 8-bit products
 
     # ---- constants and structure --------------------------------------------------------
     def const(self, array, dtype: str) -> relax.Constant:
@@ -115,8 +117,15 @@ class IntegerGraph:
         return out, layer.output_scale(scale_in)
 
     def matmul(self, a, scale_a, b, scale_b, transpose_b: bool = False):
-        out = self.te(ops.integer_batch_matmul, a, b, transpose_b=transpose_b,
-                      name=names.BATCH_MATMUL)
+        if self.byte_products and (str(a.ty.dtype), str(b.ty.dtype)) == ("int16", "int8"):
+            # 16-bit probabilities @ V: high and low bytes (ops.matmul), two 8-bit GEMMs
+            high = self.te(ops.integer_batch_matmul_high, a, b, transpose_b=transpose_b,
+                           name=names.BATCH_MATMUL)
+            out = self.te(ops.integer_batch_matmul_low_add, a, b, high,
+                          transpose_b=transpose_b, name=names.BATCH_MATMUL)
+        else:
+            out = self.te(ops.integer_batch_matmul, a, b, transpose_b=transpose_b,
+                          name=names.BATCH_MATMUL)
         return out, QuantMatMul.output_scale(scale_a, scale_b)
 
     def layernorm(self, norm: IntLayerNorm, x, scale_in):

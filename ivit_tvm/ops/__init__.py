@@ -11,7 +11,12 @@ into the kernel; per-channel multiplier/shift and biases are tensors.
 
 from .integer import rshift_round, shift_exp
 from .layernorm import int_layernorm
-from .matmul import integer_batch_matmul, integer_dense
+from .matmul import (
+    integer_batch_matmul,
+    integer_batch_matmul_high,
+    integer_batch_matmul_low_add,
+    integer_dense,
+)
 from .requantize import requantize, requantize_add
 from .shiftgelu import shiftgelu, shiftgelu_lookup
 from .shiftmax import shiftmax
@@ -19,6 +24,8 @@ from .shiftmax import shiftmax
 __all__ = [
     "int_layernorm",
     "integer_batch_matmul",
+    "integer_batch_matmul_high",
+    "integer_batch_matmul_low_add",
     "integer_dense",
     "requantize",
     "requantize_add",

@@ -13,7 +13,7 @@ from tvm import te
 
 from . import names
 from .integer import as_int64, dtype_of, saturate_int32
-from .shapes import broadcast_index, broadcast_shape, require_extent, require_int
+from .shapes import broadcast_index, broadcast_shape, require_dtype, require_extent, require_int
 
 
 def _as_i32(value):
@@ -89,3 +89,37 @@ def integer_batch_matmul(q_a: te.Tensor, q_b: te.Tensor, transpose_b: bool = Fal
         ),
         name=names.BATCH_MATMUL_ACC_BLOCK,
     )  # (..., M, N) int32
+
+
+# ---- int16 x int8 as two 8-bit products (tensor cores multiply 8-bit operands only) -------
+# q = 256 * high_byte(q) + low_byte(q) for every int16 q (arithmetic shift, two's complement),
+# so q_a @ q_b = 256 * (high @ q_b) + (low @ q_b): int8 x int8 and uint8 x int8 products.
+
+
+def high_byte(q: te.Tensor) -> te.Tensor:
+    """q >> 8 as int8: (...) int16 -> (...) int8 in [-128, 127]."""
+    return te.compute(q.shape, lambda *i: (q[i] >> 8).astype("int8"), name="high_byte")
+
+
+def low_byte(q: te.Tensor) -> te.Tensor:
+    """q & 255 as uint8: (...) int16 -> (...) uint8 in [0, 255]."""
+    return te.compute(q.shape, lambda *i: (q[i] & 255).astype("uint8"), name="low_byte")
+
+
+def integer_batch_matmul_high(q_a: te.Tensor, q_b: te.Tensor,
+                              transpose_b: bool = False) -> te.Tensor:
+    """high_byte(q_a) @ q_b: (..., M, K) int16 x (..., K, N) int8 -> (..., M, N) int32, the
+    first half of integer_batch_matmul_low_add."""
+    require_dtype(q_a, "int16", "integer_batch_matmul_high", "q_a")
+    return integer_batch_matmul(high_byte(q_a), q_b, transpose_b)
+
+
+def integer_batch_matmul_low_add(q_a: te.Tensor, q_b: te.Tensor, acc_high: te.Tensor,
+                                 transpose_b: bool = False) -> te.Tensor:
+    """q_a @ q_b = 256 * acc_high + low_byte(q_a) @ q_b, acc_high from
+    integer_batch_matmul_high: (..., M, N) int32, equal to integer_batch_matmul(q_a, q_b)
+    (every partial sum is bounded by the full product's, module docstring)."""
+    require_dtype(q_a, "int16", "integer_batch_matmul_low_add", "q_a")
+    acc_low = integer_batch_matmul(low_byte(q_a), q_b, transpose_b)  # (..., M, N) int32
+    return te.compute(acc_low.shape, lambda *i: acc_high[i] * 256 + acc_low[i],
+                      name="byte_products_sum")  # (..., M, N) int32

@@ -19,6 +19,12 @@ def require_int(tensor: te.Tensor, op: str, operand: str) -> None:
         )
 
 
+def require_dtype(tensor: te.Tensor, dtype: str, op: str, operand: str) -> None:
+    """Raise TypeError unless `tensor` is of `dtype`."""
+    if str(tensor.dtype) != dtype:
+        raise TypeError(f"{op}: {operand} is {tensor.dtype}; this kernel takes {dtype}")
+
+
 def same_extent(a: tirx.PrimExpr | int, b: tirx.PrimExpr | int) -> bool:
     """True when two (possibly symbolic) extents are provably equal."""
     return bool(_ANALYZER.can_prove_equal(_as_i64(a), _as_i64(b)))

@@ -34,7 +34,7 @@ from tvm.target import Target
 
 from . import intrin, mma
 
-INT_INPUTS = ("int8", "int16")
+INT_INPUTS = ("int8", "uint8", "int16")
 
 
 GEMM_ATTR = "ivit.gemm"  # PrimFunc attribute: {"strategy", "tile", "n", "k"}
@@ -124,10 +124,11 @@ class IntegerGemm(GPUScheduleRule):
     """Shared-memory tiled integer GEMM with a fused epilogue; dp4a for int8 x int8."""
 
     def __init__(self, strategy: GemmStrategy = GemmStrategy.AUTO, tile: GemmTile | None = None,
-                 mma_tile: mma.MmaTile | None = None):
+                 mma_tile: mma.MmaTile | None = None, tensorize: bool = True):
         self.strategy = strategy
         self.tile = tile or GemmTile()
         self.mma_tile = mma_tile  # None: per shape from mma_tiles.TILE_TABLE
+        self.tensorize = tensorize  # False: intrinsics' descriptions stay (twin.py's CPU twin)
         if self.tile.k_tile % 4:
             raise ValueError(f"GemmTile.k_tile must be a multiple of 4, got {self.tile.k_tile}")
 
@@ -141,12 +142,12 @@ class IntegerGemm(GPUScheduleRule):
         name = sch.get(match.block).name_hint
         if self.strategy in (GemmStrategy.AUTO, GemmStrategy.MMA):
             plan = mma.plan_mma(func, name, match.dtypes, match.k_contiguous, target,
-                                self.mma_tile)
+                                self.mma_tile, row_bytes=match.last_extent)  # int8: 1 byte
             if plan is not None:
-                shape, tile = plan
-                scheduled = mma.mma_func(sch, match.block, tile)
+                scheduled = mma.mma_func(sch, match.block, plan.tile, self.tensorize,
+                                         fetches=plan.fetches)
                 return s_tir.Schedule(scheduled.with_attr(
-                    GEMM_ATTR, _choice("mma", tile.name, shape)))
+                    GEMM_ATTR, _choice("mma", plan.tile.name, plan.shape)))
         shape = mma.gemm_shape(func, name)
         use_dp4a = self.strategy is not GemmStrategy.SCALAR and match.dtypes == ("int8", "int8")
         self._schedule(sch, match, use_dp4a)
@@ -198,7 +199,7 @@ class IntegerGemm(GPUScheduleRule):
 
         auto_inline_consumer_chain(sch, store)
         sch.decompose_reduction(main, ko)
-        if use_dp4a:
+        if use_dp4a and self.tensorize:
             intrin.register()
             sch.tensorize(k4, intrin.DP4A_S8S8S32)
 

@@ -1,14 +1,17 @@
 """Tensor-core int8 GEMM for sm_80+: mma.sync m16n8k32 s8, ldmatrix, cp.async, fused epilogue.
 
 The GEMM is normalised like gemm.py's dp4a rule, C[S, I, J] += A[S, I, K] * B[S, J, K], and
-padded to whole block tiles (M = batch x tokens is ragged, and so is N = tokens in attention's
-q @ k^T; K must be whole k tiles, see mma_tiles.choose_tile). Then, per block tile (mma_tiles.MmaTile):
+padded to whole block tiles: M = batch x tokens is ragged, and in attention's batched matmuls
+so are N = tokens (q @ k^T) and K = tokens (probs @ V, zero-filled); dense layers need whole N
+and K tiles (mma_tiles.choose_tile). Then, per block tile (mma_tiles.MmaTile):
 
     blockIdx.x: S x M tiles, blockIdx.y: N tiles, threadIdx.y: warps, threadIdx.x: lanes
-    for each k tile (software pipeline of `stages`, cp.async global -> shared, 16 bytes a lane):
+    for each k tile (software pipeline of `stages`, global -> shared by Fetch: 16-byte cp.async
+                     where rows allow, else an element a lane):
         for each 32-deep k step: ldmatrix A and B 16x32 fragments to registers ("warp")
             for each 16x16 tile of the warp's C: mma.sync m16n8k32 twice
-    epilogue: C fragments -> requantize (inlined consumers) -> global, rows >= M (columns >= N) not stored
+    epilogue: C fragments -> requantize (inlined consumers) -> global, only rows < M and
+              columns < N stored
 
 `schedule_mma(..., tensorize=False)` stops before the four `tensorize` calls: what remains is
 the same TIR with each intrinsic's description in its place (tensorize checks structural
@@ -18,6 +21,7 @@ equality with the description), which twin.py builds for the CPU to check the in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import tvm
 from tvm import s_tir, tirx
@@ -28,13 +32,32 @@ from tvm.s_tir.dlight.gpu.matmul import (
 )
 from tvm.target import Target
 
+from ..targets import MIN_TENSOR_CORE_ARCH
 from ..tir_rewrite import LOAD, map_func, substitute, substitute_region
 from . import mma_intrin
 from .mma_intrin import TILE_K, TILE_M, TILE_N, WARP, ab_layout, c_layout
 from .mma_tiles import MmaTile, choose_tile
 
-MIN_SM = 80  # mma.sync m16n8k32 s8 and cp.async: Ampere and newer
+MIN_SM = MIN_TENSOR_CORE_ARCH  # mma.sync m16n8k32 s8 and cp.async: Ampere and newer
 VECTOR_BYTES = 16  # one cp.async / ld.global.v4 per lane
+MMA_DTYPES = (("int8", "int8"), ("uint8", "int8"))  # (A, B): mma.sync .s8.s8 and .u8.s8
+
+
+class Fetch(Enum):
+    """How a block copies one operand's k tile from global to shared memory."""
+
+    VECTOR = "vector"  # 16 bytes a lane along k (cp.async): k contiguous, rows 16-byte aligned
+    ALONG_K = "along_k"  # an element a lane, lanes along k: k contiguous, rows unaligned
+    ALONG_ROWS = "along_rows"  # an element a lane, lanes along rows: B = V (K, N), N contiguous
+
+
+@dataclass(frozen=True)
+class MmaPlan:
+    """What plan_mma decided for one GEMM: its shape, block tile and operand fetches."""
+
+    shape: GemmShape
+    tile: MmaTile
+    fetches: tuple[Fetch, Fetch] = (Fetch.VECTOR, Fetch.VECTOR)
 
 
 def sm_version(target: Target) -> int:
@@ -99,21 +122,30 @@ def _normalise(sch: s_tir.Schedule, main) -> None:
             sch.transform_block_layout(block, index_map)
 
 
+VECTOR_FETCHES = (Fetch.VECTOR, Fetch.VECTOR)
+
+
 def mma_func(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = True,
-             shared_scope: str = "shared") -> tirx.PrimFunc:
+             shared_scope: str = "shared",
+             fetches: tuple[Fetch, Fetch] = VECTOR_FETCHES) -> tirx.PrimFunc:
     """The scheduled PrimFunc: schedule_mma, then clamp_padded_rows."""
-    scheduled = schedule_mma(sch, main, tile, tensorize, shared_scope)
+    scheduled = schedule_mma(sch, main, tile, tensorize, shared_scope, fetches)
     return clamp_padded_rows(scheduled.mod["main"])
 
 
 def schedule_mma(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = True,
-                 shared_scope: str = "shared") -> s_tir.Schedule:
+                 shared_scope: str = "shared",
+                 fetches: tuple[Fetch, Fetch] = VECTOR_FETCHES) -> s_tir.Schedule:
     """Schedule the GEMM block `main` (with its epilogue consumers) on tensor cores.
+
+    `fetches` says how each operand's tile reaches shared memory (Fetch): the padded K of
+    attention's probs @ V (K = tokens) is zero-filled, so it needs element-wise fetches.
 
     The 16x16x32 intrinsic tile stays three loops until tensorize blockizes it (blockizing it
     first, as TVM's own mma recipe does, breaks compute_at when the row count is a multiple
     of 16: the analyzer cannot prove the padded block's region covers its consumers).
     """
+    a_dtype = str(sch.get(main).reads[0].source.dtype)  # int8, or uint8 (ops.low_byte)
     _normalise(sch, main)
     sch.pad_einsum(main, [1, tile.block_m, tile.block_n, tile.k_tile])
 
@@ -135,20 +167,23 @@ def schedule_mma(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = Tru
     warp = sch.fuse(i1, j1)
     sch.bind(warp, "threadIdx.y")
 
-    # global -> shared, 16 bytes a lane; rows padded by 16 bytes against bank conflicts.
-    fetches = []
-    for operand in (0, 1):
+    # global -> shared (Fetch); rows padded by 16 bytes against bank conflicts.
+    for operand, how in enumerate(fetches):
         fetch = sch.cache_read(main, operand, shared_scope)
         sch.compute_at(fetch, k0, preserve_unit_loops=True)
         rows, cols = sch.get_loops(fetch)[-2:]
+        if how is Fetch.ALONG_ROWS:  # consecutive lanes read consecutive rows (B's N axis)
+            sch.reorder(cols, rows)
+            rows, cols = cols, rows
+        lanes = VECTOR_BYTES if how is Fetch.VECTOR else 1
         _, f_warp, f_lane, vec = sch.split(sch.fuse(rows, cols),
-                                          [None, tile.warps, WARP, VECTOR_BYTES])
+                                          [None, tile.warps, WARP, lanes])
         sch.bind(f_warp, "threadIdx.y")
         sch.bind(f_lane, "threadIdx.x")
-        sch.vectorize(vec)
+        if how is Fetch.VECTOR:
+            sch.vectorize(vec)
         sch.storage_align(fetch, 0, axis=-2, factor=32, offset=16)
         auto_inline_producers(sch, fetch)
-        fetches.append(fetch)
 
     # shared -> registers (ldmatrix fragments), per 32-deep k step.
     loads = []
@@ -195,10 +230,10 @@ def schedule_mma(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = Tru
     if not tensorize:
         return sch
     mma_intrin.register()
-    load_a, load_b = mma_intrin.ldmatrix_names(shared_scope)
+    load_a, load_b = mma_intrin.ldmatrix_names(shared_scope, a_dtype)
     sch.tensorize(loads[0], load_a)
     sch.tensorize(loads[1], load_b)
-    sch.tensorize(sch.get_loops(main)[-3], mma_intrin.MMA_SYNC)  # i_tc: the 16x16x32 tile
+    sch.tensorize(sch.get_loops(main)[-3], mma_intrin.mma_name(a_dtype))  # the 16x16x32 tile
     sch.tensorize(sch.get_loops(init)[-2], mma_intrin.MMA_FILL)  # the 16x16 zero fill
     return sch
 
@@ -233,6 +268,8 @@ def clamp_padded_rows(func: tirx.PrimFunc) -> tirx.PrimFunc:
         if padded is None or store.buffer.scope() not in ("shared", "shared.dyn"):
             return node
         row, rows = padded
+        if len(store.indices) < 2 or not store.indices[-2].same_as(row):
+            return node  # padded K (the last axis) must stay zero: only rows are clamped
         vmap = {row: tirx.Min(row, rows - 1)}
         load = substitute(store.value.args[1], vmap)
         reads = [substitute_region(r, vmap) if r.source.same_as(load.source) else r
@@ -245,22 +282,38 @@ def clamp_padded_rows(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return map_func(func, post)
 
 
+def fetch_for(k_contiguous: bool, row_bytes: int | None, k: int, tile: MmaTile) -> Fetch:
+    """The Fetch of an operand: 16-byte copies need k contiguous, 16-byte aligned rows and
+    no padded K (the zero fill of padded K is element-wise)."""
+    if not k_contiguous:
+        return Fetch.ALONG_ROWS
+    if row_bytes is not None and row_bytes % VECTOR_BYTES == 0 and k % tile.k_tile == 0:
+        return Fetch.VECTOR
+    return Fetch.ALONG_K
+
+
 def plan_mma(func: tirx.PrimFunc, block_name: str, dtypes, k_contiguous, target: Target,
-             tile: MmaTile | None = None) -> tuple[GemmShape, MmaTile] | None:
-    """(shape, tile) when the GEMM block `block_name` of `func` runs on tensor cores for
-    `target`: sm_80+, int8 x int8, k-contiguous operands, static N and K, and a tile (`tile`,
-    or the one mma_tiles.choose_tile picks) with whole k tiles. Dense layers (no batch axis S)
-    need whole N tiles too; attention's batched matmuls (S = batch x heads) pad N = tokens
-    like M. None: use another strategy."""
-    if sm_version(target) < MIN_SM:
-        return None
-    if tuple(dtypes) != ("int8", "int8") or not all(k_contiguous):
+             tile: MmaTile | None = None, row_bytes=(None, None)) -> MmaPlan | None:
+    """The MmaPlan when the GEMM block `block_name` of `func` runs on tensor cores for
+    `target`: sm_80+, int8 x int8, static N and K, and a tile (`tile`, or the one
+    mma_tiles.choose_tile picks). Dense layers (no batch axis S) need whole N and K tiles and
+    k-contiguous operands (16-byte copies); attention's batched matmuls (S = batch x heads)
+    pad N and K = tokens like M, and probs @ V reads V (K, N) element by element.
+    `row_bytes`: each operand's static last-axis extent in bytes (None: unknown). None: use
+    another strategy."""
+    if sm_version(target) < MIN_SM or tuple(dtypes) not in MMA_DTYPES:
         return None
     shape = gemm_shape(func, block_name)
     if shape is None:
         return None
-    ragged_n = shape.batch != 1
-    tile = tile or choose_tile(shape.m, shape.n, shape.k, ragged_n=ragged_n)
-    if tile is None or shape.k % tile.k_tile or (not ragged_n and shape.n % tile.block_n):
+    batched = shape.batch != 1
+    if not batched and not all(k_contiguous):
         return None
-    return shape, tile
+    tile = tile or choose_tile(shape.m, shape.n, shape.k, ragged_n=batched, ragged_k=batched)
+    if tile is None:
+        return None
+    if not batched and (shape.k % tile.k_tile or shape.n % tile.block_n):
+        return None
+    fetches = tuple(fetch_for(contiguous, extent, shape.k, tile)
+                    for contiguous, extent in zip(k_contiguous, row_bytes, strict=True))
+    return MmaPlan(shape, tile, fetches)

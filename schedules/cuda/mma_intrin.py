@@ -24,6 +24,10 @@ LDMATRIX_A = "ivit_mma_ldmatrix_i8_a"  # shared A tile 16x32 -> warp [32, 16]
 LDMATRIX_B = "ivit_mma_ldmatrix_i8_b_trans"  # shared B tile 16x32 (k contiguous) -> warp [32, 16]
 MMA_SYNC = "ivit_mma_i8i8i32_trans_b"  # warp C [32, 8] += A x B^T
 MMA_FILL = "ivit_mma_fill_16x16_i32"  # warp C [32, 8] = 0
+# uint8 A (the low bytes of int16 attention probabilities, ops.low_byte): mma.sync .u8.s8
+LDMATRIX_A_U8 = "ivit_mma_ldmatrix_u8_a"
+MMA_SYNC_U8 = "ivit_mma_u8i8i32_trans_b"
+A_DTYPES = ("int8", "uint8")
 
 WARP = 32
 TILE_M = TILE_N = 16  # one intrinsic's C tile
@@ -42,15 +46,15 @@ def ab_layout(i, k):
     return 4 * (i % 8) + (k % 16) // 4, 8 * (k // 16) + (i // 8) * 4 + k % 4
 
 
-def _ldmatrix(scope: str, transpose: bool, offset):
-    """ldmatrix.x4 of a 16x32 int8 shared tile into a warp fragment; `offset(lane, stride)`
-    is the shared-memory element each lane points at."""
+def _ldmatrix(scope: str, transpose: bool, offset, dtype: str = "int8"):
+    """ldmatrix.x4 of a 16x32 8-bit (`dtype`) shared tile into a warp fragment;
+    `offset(lane, stride)` is the shared-memory element each lane points at."""
 
     @T.prim_func(s_tir=True)
     def desc(warp_handle: T.handle, shared_handle: T.handle) -> None:
-        shared = T.match_buffer(shared_handle, (TILE_M, TILE_K), "int8", align=64,
+        shared = T.match_buffer(shared_handle, (TILE_M, TILE_K), dtype, align=64,
                                 offset_factor=TILE_K, scope=scope)
-        warp = T.match_buffer(warp_handle, (WARP, AB_LANE), "int8", align=64,
+        warp = T.match_buffer(warp_handle, (WARP, AB_LANE), dtype, align=64,
                               offset_factor=TILE_K, scope="warp")
         with T.sblock("root"):
             T.reads(shared[0:TILE_M, 0:TILE_K])
@@ -67,9 +71,9 @@ def _ldmatrix(scope: str, transpose: bool, offset):
     def impl(warp_handle: T.handle, shared_handle: T.handle) -> None:
         s0 = T.int32()
         s1 = T.int32()
-        shared = T.match_buffer(shared_handle, (TILE_M, TILE_K), "int8", align=64,
+        shared = T.match_buffer(shared_handle, (TILE_M, TILE_K), dtype, align=64,
                                 offset_factor=TILE_K, scope=scope, strides=[s0, s1])
-        warp = T.match_buffer(warp_handle, (WARP, AB_LANE), "int8", align=64,
+        warp = T.match_buffer(warp_handle, (WARP, AB_LANE), dtype, align=64,
                               offset_factor=TILE_K, scope="warp")
         with T.sblock("root"):
             T.reads(shared[0:TILE_M, 0:TILE_K])
@@ -77,7 +81,7 @@ def _ldmatrix(scope: str, transpose: bool, offset):
             for tx in T.thread_binding(0, WARP, "threadIdx.x"):
                 T.evaluate(T.ptx_legacy.ldmatrix(
                     transpose, 4, ".b16", warp.data, warp.elem_offset + convert(AB_LANE) * tx,
-                    shared.access_ptr("r"), offset(tx, s0), dtype="int8"))
+                    shared.access_ptr("r"), offset(tx, s0), dtype=dtype))
 
     return desc, impl
 
@@ -91,42 +95,52 @@ def _offset_b(tx, stride):
     return stride * 8 * (tx // half) + (tx % 8) * stride + 16 * ((tx % half) // 8)
 
 
-@T.prim_func(s_tir=True)
-def _mma_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (WARP, AB_LANE), "int8", align=64, offset_factor=TILE_K, scope="warp")
-    B = T.match_buffer(b, (WARP, AB_LANE), "int8", align=64, offset_factor=TILE_K, scope="warp")
-    C = T.match_buffer(c, (WARP, C_LANE), "int32", align=64, offset_factor=TILE_N, scope="warp")
-    with T.sblock("root"):
-        T.reads(C[0:WARP, 0:C_LANE], A[0:WARP, 0:AB_LANE], B[0:WARP, 0:AB_LANE])
-        T.writes(C[0:WARP, 0:C_LANE])
-        for i, j, k in T.grid(TILE_M, TILE_N, TILE_K):
-            with T.sblock("C"):
-                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
-                lane_c, element_c = T.meta_var(c_layout(vi, vj))
-                lane_a, element_a = T.meta_var(ab_layout(vi, vk))
-                lane_b, element_b = T.meta_var(ab_layout(vj, vk))
-                T.reads(C[lane_c, element_c], A[lane_a, element_a], B[lane_b, element_b])
-                T.writes(C[lane_c, element_c])
-                C[lane_c, element_c] += (T.Cast("int32", A[lane_a, element_a])
-                                         * T.Cast("int32", B[lane_b, element_b]))
+def _mma(a_dtype: str):
+    """(description, implementation) of C += A x B^T on one 16x16x32 tile, A of `a_dtype`."""
 
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (WARP, AB_LANE), a_dtype, align=64, offset_factor=TILE_K,
+                           scope="warp")
+        B = T.match_buffer(b, (WARP, AB_LANE), "int8", align=64, offset_factor=TILE_K,
+                           scope="warp")
+        C = T.match_buffer(c, (WARP, C_LANE), "int32", align=64, offset_factor=TILE_N,
+                           scope="warp")
+        with T.sblock("root"):
+            T.reads(C[0:WARP, 0:C_LANE], A[0:WARP, 0:AB_LANE], B[0:WARP, 0:AB_LANE])
+            T.writes(C[0:WARP, 0:C_LANE])
+            for i, j, k in T.grid(TILE_M, TILE_N, TILE_K):
+                with T.sblock("C"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                    lane_c, element_c = T.meta_var(c_layout(vi, vj))
+                    lane_a, element_a = T.meta_var(ab_layout(vi, vk))
+                    lane_b, element_b = T.meta_var(ab_layout(vj, vk))
+                    T.reads(C[lane_c, element_c], A[lane_a, element_a], B[lane_b, element_b])
+                    T.writes(C[lane_c, element_c])
+                    C[lane_c, element_c] += (T.Cast("int32", A[lane_a, element_a])
+                                             * T.Cast("int32", B[lane_b, element_b]))
 
-@T.prim_func(s_tir=True)
-def _mma_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (WARP, AB_LANE), "int8", align=64, offset_factor=TILE_K, scope="warp")
-    B = T.match_buffer(b, (WARP, AB_LANE), "int8", align=64, offset_factor=TILE_K, scope="warp")
-    C = T.match_buffer(c, (WARP, C_LANE), "int32", align=64, offset_factor=TILE_N, scope="warp")
-    with T.sblock("root"):
-        T.reads(C[0:WARP, 0:C_LANE], A[0:WARP, 0:AB_LANE], B[0:WARP, 0:AB_LANE])
-        T.writes(C[0:WARP, 0:C_LANE])
-        for tx in T.thread_binding(0, WARP, "threadIdx.x"):
-            for half in T.unroll(2):  # the two n8 halves of the 16-wide C tile
-                T.evaluate(T.ptx_legacy.mma(
-                    "m16n8k32", "row", "col", "int8", "int8", "int32",
-                    A.data, A.elem_offset + tx * AB_LANE,
-                    B.data, B.elem_offset + tx * AB_LANE + half * (AB_LANE // 2),
-                    C.data, C.elem_offset + tx * C_LANE + half * (C_LANE // 2),
-                    False, dtype="int32"))
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (WARP, AB_LANE), a_dtype, align=64, offset_factor=TILE_K,
+                           scope="warp")
+        B = T.match_buffer(b, (WARP, AB_LANE), "int8", align=64, offset_factor=TILE_K,
+                           scope="warp")
+        C = T.match_buffer(c, (WARP, C_LANE), "int32", align=64, offset_factor=TILE_N,
+                           scope="warp")
+        with T.sblock("root"):
+            T.reads(C[0:WARP, 0:C_LANE], A[0:WARP, 0:AB_LANE], B[0:WARP, 0:AB_LANE])
+            T.writes(C[0:WARP, 0:C_LANE])
+            for tx in T.thread_binding(0, WARP, "threadIdx.x"):
+                for half in T.unroll(2):  # the two n8 halves of the 16-wide C tile
+                    T.evaluate(T.ptx_legacy.mma(
+                        "m16n8k32", "row", "col", a_dtype, "int8", "int32",
+                        A.data, A.elem_offset + tx * AB_LANE,
+                        B.data, B.elem_offset + tx * AB_LANE + half * (AB_LANE // 2),
+                        C.data, C.elem_offset + tx * C_LANE + half * (C_LANE // 2),
+                        False, dtype="int32"))
+
+    return desc, impl
 
 
 @T.prim_func(s_tir=True)
@@ -154,19 +168,28 @@ def _fill_impl(a: T.handle) -> None:
             T.evaluate(T.cuda.mma_fill_legacy(C_LANE, C.data, C.elem_offset, dtype="int32"))
 
 
-def ldmatrix_names(scope: str) -> tuple[str, str]:
-    """The (A, B) ldmatrix intrinsics reading shared memory of `scope` ("shared"/"shared.dyn")."""
+def ldmatrix_names(scope: str, a_dtype: str = "int8") -> tuple[str, str]:
+    """The (A, B) ldmatrix intrinsics reading shared memory of `scope` ("shared"/"shared.dyn")
+    for an A operand of `a_dtype` (B is int8)."""
     suffix = "_dyn" if scope == "shared.dyn" else ""
-    return LDMATRIX_A + suffix, LDMATRIX_B + suffix
+    name_a = LDMATRIX_A_U8 if a_dtype == "uint8" else LDMATRIX_A
+    return name_a + suffix, LDMATRIX_B + suffix
+
+
+def mma_name(a_dtype: str = "int8") -> str:
+    """The mma.sync intrinsic for an A operand of `a_dtype` (B is int8)."""
+    return MMA_SYNC_U8 if a_dtype == "uint8" else MMA_SYNC
 
 
 def register() -> None:
     """Register the intrinsics once per process."""
     if TensorIntrin.get(MMA_SYNC, allow_missing=True) is not None:
         return
+    for a_dtype in A_DTYPES:
+        for scope in ("shared", "shared.dyn"):
+            name_a, _ = ldmatrix_names(scope, a_dtype)
+            TensorIntrin.register(name_a, *_ldmatrix(scope, False, _offset_a, a_dtype))
+        TensorIntrin.register(mma_name(a_dtype), *_mma(a_dtype))
     for scope in ("shared", "shared.dyn"):
-        name_a, name_b = ldmatrix_names(scope)
-        TensorIntrin.register(name_a, *_ldmatrix(scope, False, _offset_a))
-        TensorIntrin.register(name_b, *_ldmatrix(scope, False, _offset_b))
-    TensorIntrin.register(MMA_SYNC, _mma_desc, _mma_impl)
+        TensorIntrin.register(ldmatrix_names(scope)[1], *_ldmatrix(scope, False, _offset_b))
     TensorIntrin.register(MMA_FILL, _fill_desc, _fill_impl)

@@ -76,24 +76,25 @@ def padded(extent: int, block: int) -> int:
     return -(-extent // block) * block
 
 
-def choose_tile(m: int | None, n: int, k: int, table=TILE_TABLE,
-                ragged_n: bool = False) -> MmaTile | None:
+def choose_tile(m: int | None, n: int, k: int, table=TILE_TABLE, ragged_n: bool = False,
+                ragged_k: bool = False) -> MmaTile | None:
     """The tile for an (M, N, K) GEMM (M None: symbolic), or None if no tile fits.
 
-    K must be whole k tiles. N must be whole block_n tiles unless `ragged_n` (attention's
-    N = tokens: B's padded rows are clamped and C's padded columns never stored, like M's).
-    Tiles are ranked by the share of C they compute for padding (1 - M N / (M' N'), with a
-    symbolic M counting as whole tiles): among tiles wasting under 1/8, the largest; else the
-    least wasteful (ties: the larger).
+    N must be whole block_n tiles and K whole k tiles unless `ragged_n` / `ragged_k`
+    (attention: N = tokens in q @ k^T, K = tokens in probs @ V; B's padded rows are clamped or
+    zero-filled and C's padded columns never stored, like M's). Tiles are ranked by the share
+    of their work spent on padding (1 - M N K / (M' N' K'), a symbolic M counting as whole
+    tiles): among tiles wasting under 1/8, the largest; else the least wasteful (ties: the
+    larger).
     """
-    fitting = [t for t in table if (ragged_n or n % t.block_n == 0) and k % t.k_tile == 0
-               and t.shared_bytes <= STATIC_SHARED_LIMIT]
+    fitting = [t for t in table if (ragged_n or n % t.block_n == 0)
+               and (ragged_k or k % t.k_tile == 0) and t.shared_bytes <= STATIC_SHARED_LIMIT]
     if not fitting:
         return None
 
     def waste(tile: MmaTile) -> float:
-        used = (1.0 if m is None else m / padded(m, tile.block_m)) * n / padded(n, tile.block_n)
-        return 1.0 - used
+        used_m = 1.0 if m is None else m / padded(m, tile.block_m)
+        return 1.0 - used_m * n / padded(n, tile.block_n) * k / padded(k, tile.k_tile)
 
     good = [t for t in fitting if waste(t) < 0.125]
     return good[0] if good else min(fitting, key=waste)

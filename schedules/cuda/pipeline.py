@@ -25,11 +25,13 @@ from .rowwise import RowReduction
 
 
 def schedule_rules(
-    strategy: GemmStrategy = GemmStrategy.AUTO, tile: GemmTile | None = None
+    strategy: GemmStrategy = GemmStrategy.AUTO, tile: GemmTile | None = None,
+    tensorize: bool = True,
 ) -> list:
-    """The ordered dlight rules that schedule an ivit-tvm module (first match wins)."""
+    """The ordered dlight rules that schedule an ivit-tvm module (first match wins);
+    tensorize=False leaves the GEMMs' intrinsics as their descriptions (twin.py)."""
     return [
-        IntegerGemm(strategy, tile),  # tensor cores (mma.py) or dp4a, by strategy and arch
+        IntegerGemm(strategy, tile, tensorize=tensorize),  # tensor cores (mma.py) or dp4a
         RowReduction(),
         dlight.gpu.Matmul(),
         dlight.gpu.GEMV(),
@@ -71,6 +73,13 @@ def fusion_passes() -> list[tvm.transform.Pass]:
     ]
 
 
+def scheduling_passes(strategy: GemmStrategy = GemmStrategy.AUTO, tile: GemmTile | None = None,
+                      tensorize: bool = True) -> list[tvm.transform.Pass]:
+    """fusion_passes, then every PrimFunc through schedule_rules (inside a cuda target)."""
+    return [*fusion_passes(),
+            dlight.ApplyDefaultSchedule(*schedule_rules(strategy, tile, tensorize))]
+
+
 def record_gemm_choices(sink: list) -> tvm.transform.Pass:
     """A pass that appends gemm.gemm_choices(mod) (PrimFunc, strategy, tile, n, k) to `sink`."""
 
@@ -98,8 +107,7 @@ def cuda_pipeline(
         with target:
             passes = [
                 *cuda_backend.library_dispatch_passes(target),
-                *fusion_passes(),
-                dlight.ApplyDefaultSchedule(*schedule_rules(strategy, tile)),
+                *scheduling_passes(strategy, tile),
                 *([record_gemm_choices(gemm_record)] if gemm_record is not None else []),
                 require_gpu_schedule,
                 *cuda_backend.dataflow_lower_passes(target),
@@ -118,5 +126,4 @@ def schedule_module(
 ) -> tvm.IRModule:
     """Fuse and schedule `mod` (no lowering): the scheduled PrimFuncs, for inspection/tests."""
     with target:
-        passes = [*fusion_passes(), dlight.ApplyDefaultSchedule(*schedule_rules(strategy, tile))]
-        return tvm.transform.Sequential(passes)(mod)
+        return tvm.transform.Sequential(scheduling_passes(strategy, tile))(mod)

@@ -18,6 +18,10 @@ run:
   against the intrinsic's description (mma_intrin: tensorize requires structural equality,
   so the description is exactly what the intrinsic is trusted to compute).
 
+`build_twin_module` does this to every PrimFunc of a whole model as the CUDA pipeline schedules
+it (GEMMs untensorized) and builds the Relax module for the CPU: the model's CUDA kernels run
+end to end on the CPU, to be compared with the PyTorch integer reference.
+
 What the twin cannot see: the intrinsics' implementations themselves (ldmatrix and mma.sync
 operand order, which the descriptions encode) and races between threads. Those need a GPU
 (tests marked gpu).
@@ -26,9 +30,11 @@ operand order, which the descriptions encode) and races between threads. Those n
 from __future__ import annotations
 
 import tvm
-from tvm import s_tir, tirx
+from tvm import relax, s_tir, tirx
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
 from ..tir_rewrite import map_func, map_stmt
+from .pipeline import scheduling_passes
 
 DROPPED_ANNOTATIONS = ("software_pipeline_stage", "software_pipeline_order",
                        "software_pipeline_async_stages", "pragma_auto_unroll_max_step",
@@ -77,3 +83,33 @@ def build_twin(func: tirx.PrimFunc, name: str = "twin") -> tvm.runtime.Module:
     """cpu_twin(func) compiled for this host's CPU (llvm), callable as module[name]."""
     twin = cpu_twin(func).with_attr("global_symbol", name)
     return tvm.compile(tvm.IRModule({name: twin}), target=tvm.target.Target({"kind": "llvm"}))
+
+
+@tvm.transform.module_pass(opt_level=0, name="CPUTwins")
+def cpu_twins(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Every PrimFunc of a CUDA-scheduled module replaced by its cpu_twin."""
+    updates = {gv: cpu_twin(func) for gv, func in mod.functions_items()
+               if isinstance(func, tirx.PrimFunc)}
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod
+
+
+def build_twin_module(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+    """The Relax module `mod` scheduled as the CUDA pipeline schedules it for `target` (the
+    GEMMs untensorized), each kernel turned into its CPU twin, built for this host's CPU:
+    run it with relax.VirtualMachine(executable, tvm.cpu())."""
+    host = tvm.target.Target({"kind": "llvm"})
+
+    @tvm.transform.module_pass(opt_level=0, name="CUDATwinPipeline")
+    def pipeline(module: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            module = tvm.transform.Sequential(scheduling_passes(tensorize=False))(module)
+        with host:
+            return tvm.transform.Sequential([
+                cpu_twins,
+                *cpu_generic.dataflow_lower_passes(host),
+                *cpu_generic.finalize_passes(host),
+            ])(module)
+
+    return tvm.compile(mod, target=host, relax_pipeline=pipeline)

@@ -55,19 +55,23 @@ def test_probs_at_v_reads_int8_probabilities():
         assert first_operands == expected, (bits, first_operands)
 
 
-def test_cuda_probs_at_v_leaves_the_scalar_path():
-    """On CUDA, int16 x int8 probs @ V is the scalar loop; at 8 bits it is dp4a."""
+def test_cuda_probs_at_v_units_by_width_and_arch():
+    """Below sm_80, int16 x int8 probs @ V is the scalar loop and int8 x int8 is dp4a; on
+    sm_80+ both are on tensor cores, the 16-bit one as two GEMMs (high and low bytes)."""
     from ivit_tvm.schedules.cuda.gemm import gemm_choices
     from ivit_tvm.schedules.cuda.pipeline import schedule_module
 
-    cuda = make_target("cuda", arch="sm_80")
     strategies = {}
-    for bits in (16, 8):
-        scheduled = schedule_module(lower_model(at_bits(DEIT, bits), cuda).mod, cuda.target)
-        strategies[bits] = [row["strategy"] for row in gemm_choices(scheduled)
-                            if "batch_matmul" in row["primfunc"]]
-    assert "scalar" in strategies[16]
-    assert strategies[8] and set(strategies[8]) == {"dp4a"}
+    for arch in ("sm_75", "sm_80"):
+        cuda = make_target("cuda", arch=arch)
+        for bits in (16, 8):
+            scheduled = schedule_module(lower_model(at_bits(DEIT, bits), cuda).mod, cuda.target)
+            strategies[arch, bits] = [row["strategy"] for row in gemm_choices(scheduled)
+                                      if "batch_matmul" in row["primfunc"]]
+    assert set(strategies["sm_75", 16]) == {"dp4a", "scalar"}  # q @ k^T dp4a, p @ V scalar
+    assert set(strategies["sm_75", 8]) == {"dp4a"}
+    assert set(strategies["sm_80", 16]) == set(strategies["sm_80", 8]) == {"mma"}
+    assert len(strategies["sm_80", 16]) == len(strategies["sm_80", 8]) + 1  # p @ V: 2 GEMMs
 
 
 @pytest.mark.parametrize("batch", [1, 3])

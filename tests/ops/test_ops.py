@@ -728,6 +728,38 @@ def test_integer_batch_matmul_of_int16_probabilities_and_values_matches_referenc
     assert got[0, 0, 0].min() == -128 * (2**15 - 1)
 
 
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_byte_products_sum_to_the_int16_batch_matmul(transpose_b):
+    """integer_batch_matmul_low_add(a, b, integer_batch_matmul_high(a, b)) == a @ b for int16
+    a over its whole range (the bytes' ends included) and for Shiftmax probabilities."""
+    rng = np.random.default_rng(9)
+    tokens = 197
+    probs = random_ints(rng, (2, 3, tokens, tokens), "int16")  # any int16, signs included
+    probs[0, 0, :, :5] = np.array([-32768, 32767, -1, 255, 256], np.int16)
+    logits = random_ints(rng, (3, tokens, tokens), "int32", -3000, 3000)
+    probs[1] = reference(F.shiftmax, logits, F.exp_x0(0.005), 16)
+    values = random_ints(rng, (2, 3, tokens, 64), "int8")
+    v_operand = np.swapaxes(values, -1, -2) if transpose_b else values
+
+    def build():
+        batch, rows = symbolic("batch", "tokens")
+        a = te.placeholder((batch, 3, rows, rows), "int16", name="q_a")
+        b_dims = (64, rows) if transpose_b else (rows, 64)
+        b = te.placeholder((batch, 3, *b_dims), "int8", name="q_b")
+        high = ops.integer_batch_matmul_high(a, b, transpose_b=transpose_b)
+        return [a, b], ops.integer_batch_matmul_low_add(a, b, high, transpose_b=transpose_b)
+
+    got = run(("bmm_bytes", transpose_b), build, (2, 3, tokens, 64), probs, v_operand)
+    np.testing.assert_array_equal(got, reference(F.integer_matmul, probs, values))
+
+
+def test_byte_products_take_int16_only():
+    a = te.placeholder((2, 4, 4), "int8", name="q_a")
+    b = te.placeholder((2, 4, 4), "int8", name="q_b")
+    with pytest.raises(TypeError, match="int16"):
+        ops.integer_batch_matmul_high(a, b)
+
+
 def test_integer_batch_matmul_broadcasts_batch_axes():
     rng = np.random.default_rng(3)
     q_a = random_ints(rng, (2, 3, 5, 8), "int8")

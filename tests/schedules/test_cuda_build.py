@@ -23,6 +23,7 @@ from ivit_tvm.schedules.targets import host_cpu
 from support import deit_and_images
 from tvm import te
 
+from ivit_tvm.compile import apply_graph_passes, lower_model
 from ivit_tvm.frontend import from_model
 
 ARCHS = ["sm_80", "sm_90"]
@@ -44,8 +45,11 @@ def deit():
 
 @pytest.fixture(scope="module", params=ARCHS)
 def built(request, deit):
-    """(arch, executable, CUDA source) of the reduced DeiT."""
-    executable = build_cuda(deit[1].mod, make_target("cuda", arch=request.param))
+    """(arch, executable, CUDA source) of the reduced DeiT, lowered as ivit-compile lowers it
+    for the arch (compile.lower_model, the graph passes)."""
+    info = make_target("cuda", arch=request.param)
+    mod = apply_graph_passes(lower_model(deit[0], info)).mod
+    executable = build_cuda(mod, info)
     return request.param, executable, cuda_source(executable)
 
 
@@ -150,17 +154,18 @@ def test_dense_kernels_use_tensor_cores_or_dp4a_in_ptx(built):
 
 
 @needs_nvcc
-def test_attention_logits_use_tensor_cores_on_sm80_and_newer(built):
-    """q @ k^T (int8 x int8, fused with its requantize) on mma.sync s8 from sm_80, dp4a below;
-    p @ V with 16-bit probabilities keeps the scalar loop (no IMMA, no dp4a)."""
+def test_attention_matmuls_use_tensor_cores_on_sm80_and_newer(built):
+    """sm_80+: q @ k^T (fused with its requantize) on mma.sync .s8.s8; probs @ V with 16-bit
+    probabilities as two GEMMs, the high byte on .s8.s8 and the low byte on .u8.s8."""
     arch, _, source = built
     ptx = compile_kernels(source, arch, "ptx").decode()
-    logits = kernel_ptx(ptx, "batch_matmul_ivit_requantize")
-    context = [body for body in kernel_ptx(ptx, "batch_matmul") if body not in logits]
-    assert logits and context
-    unit = ".s8.s8.s32" if int(arch.removeprefix("sm_")) >= 80 else "dp4a.s32.s32"
-    assert all(unit in body for body in logits), arch
-    assert not any("mma.sync" in body or "dp4a" in body for body in context), arch
+    attention = kernel_ptx(ptx, "batch_matmul")
+    assert attention
+    mma = "mma.sync.aligned.m16n8k32.row.col.s32"
+    assert all(f"{mma}.s8.s8.s32" in body or f"{mma}.u8.s8.s32" in body
+               for body in attention), arch
+    assert sum(f"{mma}.u8.s8.s32" in body for body in attention) >= 1  # the low bytes
+    assert not any("dp4a" in body for body in attention)
 
 
 # ---- artifacts --------------------------------------------------------------------------

@@ -22,7 +22,12 @@ from support import deit_and_images
 from tvm import s_tir, te, tirx
 
 from ivit_tvm.frontend import from_model
-from ivit_tvm.ops.matmul import integer_batch_matmul, integer_dense
+from ivit_tvm.ops.matmul import (
+    integer_batch_matmul,
+    integer_batch_matmul_high,
+    integer_batch_matmul_low_add,
+    integer_dense,
+)
 from ivit_tvm.ops.requantize import requantize, requantize_add
 from ivit_tvm.quant import functional
 
@@ -222,6 +227,134 @@ def test_qk_twin_fails_when_k_rows_are_shifted():
                                   qk_reference(inputs))
     bad = twin.build_twin(shift_operand_rows(twin.cpu_twin(good), "k", 1, axis=2))
     assert not np.array_equal(run_qk_twin(bad, inputs), qk_reference(inputs))
+
+
+# ---- attention's probs @ V: K = tokens padded with zeros, V (K, N) fetched row by row ------
+SM_80 = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
+
+
+def pv_funcs(heads: int, tokens: int, head_dim: int, probs_dtype: str) -> list[tirx.PrimFunc]:
+    """probs (batch, heads, tokens, tokens) @ v (batch, heads, tokens, head_dim) int8 -> int32
+    as the frontend emits it: one int8 x int8 GEMM for 8-bit probabilities; for 16-bit ones on
+    tensor cores the high-byte GEMM, then the low-byte GEMM adding 256 x the first."""
+    batch = tirx.Var("batch", "int64")
+    probs = te.placeholder((batch, *_i64(heads, tokens, tokens)), probs_dtype, name="probs")
+    v = te.placeholder((batch, *_i64(heads, tokens, head_dim)), "int8", name="v")
+    if probs_dtype == "int8":
+        return [te.create_prim_func([probs, v, integer_batch_matmul(probs, v)])]
+    high = te.placeholder((batch, *_i64(heads, tokens, head_dim)), "int32", name="high")
+    return [te.create_prim_func([probs, v, integer_batch_matmul_high(probs, v)]),
+            te.create_prim_func([probs, v, high, integer_batch_matmul_low_add(probs, v, high)])]
+
+
+def pv_inputs(batch, heads, tokens, head_dim, probs_dtype, kind, seed) -> dict:
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(probs_dtype)
+    shape = (batch, heads, tokens, tokens)
+    if kind == "extreme":  # the dtype's extremes: every byte of the int16 split at its ends
+        ends = [info.min, info.max, -1] + ([255, 256] if probs_dtype == "int16" else [])
+        probs = rng.choice(np.array(ends, probs_dtype), shape)
+        v = rng.choice(np.array([-128, 127], np.int8), (batch, heads, tokens, head_dim))
+    else:
+        probs = rng.integers(info.min, info.max + 1, shape, dtype=probs_dtype)
+        v = rng.integers(-128, 128, (batch, heads, tokens, head_dim), dtype=np.int8)
+    return {"probs": probs, "v": v}
+
+
+def scheduled_plan(func: tirx.PrimFunc, tensorize: bool = False) -> tuple:
+    sch = s_tir.Schedule(func)
+    match = match_integer_gemm(sch)
+    plan = mma.plan_mma(func, sch.get(match.block).name_hint, match.dtypes,
+                        match.k_contiguous, SM_80, row_bytes=match.last_extent)
+    assert plan is not None, "probs @ V should run on tensor cores"
+    return plan, mma.mma_func(sch, match.block, plan.tile, tensorize, fetches=plan.fetches)
+
+
+def run_pv_twins(libs, inputs: dict) -> np.ndarray:
+    batch, heads, tokens, _ = inputs["probs"].shape
+    shape = (batch, heads, tokens, inputs["v"].shape[-1])
+    args = [tvm.runtime.tensor(inputs["probs"]), tvm.runtime.tensor(inputs["v"])]
+    out = tvm.runtime.tensor(np.zeros(shape, np.int32))
+    libs[0]["twin"](*args, out)
+    if len(libs) == 2:  # the low-byte GEMM adds 256 x the high-byte one
+        high, out = out, tvm.runtime.tensor(np.zeros(shape, np.int32))
+        libs[1]["twin"](*args, high, out)
+    return out.numpy()
+
+
+def pv_reference(inputs: dict) -> np.ndarray:
+    return functional.integer_matmul(torch.from_numpy(inputs["probs"]),
+                                     torch.from_numpy(inputs["v"])).numpy()
+
+
+@pytest.mark.parametrize("probs_dtype", ["int8", "int16"])
+@pytest.mark.parametrize(("heads", "tokens", "head_dim"), ATTENTION)
+def test_pv_twin_is_bit_exact_with_padded_k(heads, tokens, head_dim, probs_dtype):
+    libs = []
+    for func in pv_funcs(heads, tokens, head_dim, probs_dtype):
+        plan, scheduled_func = scheduled_plan(func)
+        assert plan.fetches[1] is mma.Fetch.ALONG_ROWS  # V is (K, N): read along N
+        libs.append(twin.build_twin(scheduled_func))
+    for batch, kind in ((1, "random"), (3, "extreme")):
+        inputs = pv_inputs(batch, heads, tokens, head_dim, probs_dtype, kind, seed=batch)
+        np.testing.assert_array_equal(run_pv_twins(libs, inputs), pv_reference(inputs))
+
+
+def clamp_every_padded_read(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """A wrong padding: every zero-filled shared-memory fetch reads its operand with each
+    index clamped into bounds instead (padded K then repeats the last token's values)."""
+
+    def post(node):
+        if not (isinstance(node, s_tir.SBlock) and isinstance(node.body, tirx.BufferStore)
+                and node.name_hint.endswith("_shared")):
+            return node
+        store = node.body
+        value = store.value
+        if not (isinstance(value, tvm.ir.Call)
+                and getattr(value.op, "name", "") == "prim.if_then_else"):
+            return node
+        load = value.args[1]
+        clamped = tirx.BufferLoad(load.source, [
+            tirx.Min(index, extent - 1) for index, extent in zip(load.indices,
+                                                                  load.source.shape, strict=True)])
+        return s_tir.SBlock(list(node.iter_vars), list(node.reads), list(node.writes),
+                            node.name_hint, tirx.BufferStore(store.buffer, clamped,
+                                                             list(store.indices)))
+
+    return map_func(func, post)
+
+
+def test_pv_twin_fails_when_padded_k_is_not_zero():
+    _, good = scheduled_plan(pv_funcs(2, 49, 32, "int8")[0])
+    inputs = pv_inputs(1, 2, 49, 32, "int8", "random", seed=4)
+    np.testing.assert_array_equal(run_pv_twins([twin.build_twin(good)], inputs),
+                                  pv_reference(inputs))
+    bad = twin.build_twin(clamp_every_padded_read(twin.cpu_twin(good)))
+    assert not np.array_equal(run_pv_twins([bad], inputs), pv_reference(inputs))
+
+
+def test_pv_kernels_compile_to_s8_and_u8_mma():
+    """8-bit probabilities: mma .s8.s8; 16-bit: the high byte on .s8.s8, the low byte on
+    .u8.s8 (nvcc, sm_80); V is not copied with cp.async (it is transposed on the way)."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not on PATH")
+    functions = {}
+    for dtype in ("int8", "int16"):
+        for index, func in enumerate(pv_funcs(6, 197, 64, dtype)):
+            name = f"pv_{dtype}_{index}"
+            functions[name] = scheduled_plan(func, tensorize=True)[1].with_attr(
+                "global_symbol", name)
+    with tvm.transform.PassContext(config={"tirx.use_async_copy": 1}):
+        built = tvm.compile(tvm.IRModule(functions), target=SM_80)
+    _, ptx, log = compile_cubin_verbose(kernels.cuda_source(built), "sm_80")
+    bodies = kernels.ptx_kernels(ptx)
+    unit = {"pv_int8_0": ".s8.s8.s32", "pv_int16_0": ".s8.s8.s32", "pv_int16_1": ".u8.s8.s32"}
+    for name, mma_type in unit.items():
+        body = bodies[f"{name}_kernel"]
+        assert f"mma.sync.aligned.m16n8k32.row.col.s32{mma_type}" in body, name
+        assert "dp4a" not in body
+    for name, usage in kernels.parse_ptxas_resources(log).items():
+        assert usage.spill_store_bytes == 0 and usage.spill_load_bytes == 0, (name, usage)
 
 
 def test_attention_tiles_rank_padding_of_both_axes():
