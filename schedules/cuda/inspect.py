@@ -1,5 +1,6 @@
 """What a CUDA build holds: its generated source, and the kernels and notable instructions of
 PTX or cubin compiled from it (the tests read these to prove dp4a, no spills, every kernel),
+the kernel launches of one inference (kernel_launches),
 ptxas's per-kernel resources (registers, spills, shared memory) and, where cuobjdump and
 nvdisasm are found (toolkit.find_cuda_tool), each kernel's SASS instruction mix."""
 
@@ -12,17 +13,40 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
+import tvm
+from tvm import relax, tirx
+
 from .build import device_modules
+
+HOST_FUNC = re.compile(r"shape_func\d*")  # the VM's shape computations: host code, no launch
 
 PTX_PATTERNS = {
     "dp4a": r"\bdp4a\.s32\.s32\b",
     "mma_s8": r"\bmma\.sync\.aligned\.\S*\.s8\.s8\.s32\b",
+    "mma_u8": r"\bmma\.sync\.aligned\.\S*\.u8\.s8\.s32\b",
     "ldmatrix": r"\bldmatrix\.sync\.aligned\.",
     "cp_async": r"\bcp\.async\.c[ag]\.shared\.global\b",
     "ld_shared": r"\bld\.shared\.",
     "shfl": r"\bshfl\.sync\.",
     "local_memory": r"\.local\s",
 }
+
+
+def kernel_launches(lowered: tvm.IRModule) -> dict[str, int]:
+    """PrimFunc name -> calls per inference of a module lowered by pipeline.cuda_pipeline
+    (before VM codegen): each call launches one kernel; host shape functions are left out."""
+    calls: dict[str, int] = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.GlobalVar):
+            name = expr.op.name_hint
+            if isinstance(lowered[expr.op], tirx.PrimFunc) and not HOST_FUNC.fullmatch(name):
+                calls[name] = calls.get(name, 0) + 1
+
+    for func in lowered.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return calls
 
 
 def cuda_source(executable) -> str:

@@ -20,6 +20,7 @@ from tvm.s_tir import dlight
 
 from ivit_tvm.ops.tir_query import has_thread_binding
 
+from .fold_layout import fold_attention_layout
 from .gemm import GemmStrategy, GemmTile, IntegerGemm, gemm_choices
 from .rowwise import RowReduction
 
@@ -63,11 +64,13 @@ def require_gpu_schedule(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 
 
 def fusion_passes() -> list[tvm.transform.Pass]:
-    """Relax ops -> TIR, then fuse each GEMM/row op with its elementwise epilogue."""
+    """Relax ops -> TIR, then fuse each GEMM/row op with its elementwise epilogue, and
+    attention's matmuls with the head split and merge around them (fold_layout.py)."""
     return [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
+        fold_attention_layout,
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ]

@@ -213,11 +213,12 @@ def test_exp_width_follows_64_bit_vector_multiply(mcpu, narrow, monkeypatch):
     target = make_target("llvm", mcpu=mcpu)
     assert target.caps.int64_vectors == (not narrow)
     seen = {}
-    monkeypatch.setattr(compile_module, "from_model",
-                        lambda model, batch=None, narrow_exp=True: seen.setdefault("narrow",
-                                                                                   narrow_exp))
+    def from_model(model, batch=None, narrow_exp=True, byte_products=False):
+        seen.update(narrow=narrow_exp, byte_products=byte_products)
+
+    monkeypatch.setattr(compile_module, "from_model", from_model)
     compile_module.lower_model(object(), target)
-    assert seen == {"narrow": narrow}
+    assert seen == {"narrow": narrow, "byte_products": False}  # CPUs keep int16 x int8
 
 
 # ---- whole models -------------------------------------------------------------------------------

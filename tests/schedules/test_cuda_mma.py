@@ -207,13 +207,14 @@ def run_qk_twin(lib, inputs: dict) -> np.ndarray:
 def test_qk_twin_is_bit_exact_with_padded_rows_and_columns(heads, tokens, head_dim):
     func = qk_requantize(heads, tokens, head_dim)
     sch = s_tir.Schedule(func)
-    name = sch.get(match_integer_gemm(sch).block).name_hint
-    plan = mma.plan_mma(func, name, ("int8", "int8"), (True, True),
-                        tvm.target.Target({"kind": "cuda", "arch": "sm_80"}))
+    match = match_integer_gemm(sch)
+    plan = mma.plan_mma(func, sch.get(match.block).name_hint, match.dtypes, match.k_contiguous,
+                        tvm.target.Target({"kind": "cuda", "arch": "sm_80"}),
+                        row_bytes=match.last_extent)
     assert plan is not None, "q @ k^T should run on tensor cores"
-    shape, tile = plan
-    assert (shape.m, shape.n, shape.k) == (tokens, tokens, head_dim)
-    lib = twin.build_twin(scheduled(func, tile, tensorize=False))
+    assert (plan.shape.m, plan.shape.n, plan.shape.k) == (tokens, tokens, head_dim)
+    assert plan.fetches == (mma.Fetch.VECTOR, mma.Fetch.VECTOR)  # 16-byte cp.async rows
+    lib = twin.build_twin(scheduled(func, plan.tile, tensorize=False))
     for batch, kind in ((1, "random"), (3, "extreme")):
         inputs = qk_inputs(batch, heads, tokens, head_dim, kind, seed=batch)
         np.testing.assert_array_equal(run_qk_twin(lib, inputs), qk_reference(inputs))

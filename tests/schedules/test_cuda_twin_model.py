@@ -1,6 +1,7 @@
 """Whole models through the CUDA schedules, run on the CPU: every kernel of the reduced DeiT and
-Swin as the CUDA pipeline schedules it for sm_80 (tensor-core GEMMs untensorized, dp4a loops,
-row kernels, dlight's layout kernels) becomes its CPU twin (schedules/cuda/twin.py), and the
+Swin as the CUDA pipeline schedules it for sm_80 (tensor-core GEMMs untensorized, with the
+attention head split and merge folded in, dp4a loops, row kernels, dlight's layout kernels)
+becomes its CPU twin (schedules/cuda/twin.py), and the
 logits equal the PyTorch integer reference bit for bit at batch 1 and 3."""
 
 from __future__ import annotations
@@ -47,3 +48,5 @@ def test_model_twin_covers_attention_on_tensor_cores(model_twin):
     assert {row["strategy"] for row in attention} == {"mma"}
     # distinct PrimFuncs (identical blocks share one): q @ k^T, then p @ V as 2 or 1 GEMMs
     assert len(attention) >= (3 if config.arch == "vit" else 2)
+    # ... with the head split and merge folded in (fold_layout.py) where it applies
+    assert any("_heads" in row["primfunc"] for row in attention)

@@ -1,0 +1,190 @@
+"""FoldAttentionLayout: attention's layout kernels folded into its matmuls (CUDA pipeline).
+
+The frontend splits attention's heads with layout ops (ivit_tvm.frontend.blocks):
+
+    qkv (B, N, 3C) -> reshape (B, N, 3, h, d) -> strided_slice -> reshape -> transpose
+                   -> q, k, v (B, h, N, d)
+    probs @ v (B, h, N, d) -> transpose (B, N, h, d) -> reshape (B, N, C) -> requantize
+
+On a GPU each of them is a kernel launch and a round trip through global memory (seven
+per block, 84 of DeiT-S's kernels). This pass groups every attention matmul (a call_tir of an
+`ivit_batch_matmul*` PrimFunc, fused or not) with the chain of layout call_tirs that produce
+each operand and, when the matmul's result feeds only them, the layout chain and requantize
+after it; relax.transform.FuseTIR then merges each group into one PrimFunc, where the layout
+blocks are index arithmetic that the GEMM schedule inlines into its shared-memory fetches and
+its epilogue (schedules/cuda/gemm.py: auto_inline_producers / auto_inline_consumer_chain).
+A chain shared by several matmuls (q, k and v all read the qkv reshape; both byte GEMMs of
+16-bit probs @ V read v) is copied into each group, and the originals left unused are removed.
+
+Layout call_tirs are recognised by the PrimFunc names LegalizeOps gives them (LAYOUT_FUNC);
+the pass runs between LegalizeOps and FuseOps (pipeline.fusion_passes).
+"""
+
+from __future__ import annotations
+
+import re
+
+import tvm
+from tvm import relax, tirx
+
+from ivit_tvm.ops import names
+
+LAYOUT_FUNC = re.compile(r"(reshape|transpose|strided_slice|broadcast_to)\d*")
+INJECTIVE = 2  # relax OpPatternKind: elementwise 0, broadcast 1, injective 2
+ATTENTION_FUNC = re.compile(rf"(fused_)*{names.BATCH_MATMUL}\w*")
+GROUP_ATTR = "ivit.attention_layout"  # on each grouped Relax function, before FuseTIR
+
+
+def _callee(value, mod: tvm.IRModule) -> str | None:
+    """The PrimFunc name of a call_tir, else None."""
+    if not (isinstance(value, relax.Call) and value.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
+        return None
+    gv = value.args[0]
+    return gv.name_hint if isinstance(mod[gv], tirx.PrimFunc) else None
+
+
+def _tensor_args(call: relax.Call) -> list:
+    return list(call.args[1].fields)
+
+
+def _plain(call: relax.Call) -> bool:
+    """A call_tir of tensors only: no symbolic-shape arguments (Swin's batch x windows
+    kernels take the batch as a value), which a grouped function could not bind."""
+    return len(call.args) == 2 and all(isinstance(arg.ty, relax.TensorType)
+                                       for arg in _tensor_args(call))
+
+
+class _Function:
+    """One Relax function's dataflow bindings, by variable, with use counts."""
+
+    def __init__(self, func: relax.Function, mod: tvm.IRModule):
+        self.mod = mod
+        self.binding = {}
+        self.order = {}
+        self.uses: dict = {}
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                self.order[binding.var] = len(self.order)
+                if isinstance(block, relax.DataflowBlock):
+                    self.binding[binding.var] = binding
+                for used in relax.analysis.free_vars(binding.value):
+                    self.uses.setdefault(used, []).append(binding.var)
+        for used in relax.analysis.free_vars(func.body.body):
+            self.uses.setdefault(used, []).append(None)
+
+    def callee(self, var) -> str | None:
+        binding = self.binding.get(var)
+        return None if binding is None else _callee(binding.value, self.mod)
+
+    def producers(self, var) -> list:
+        """The layout bindings producing `var`, innermost first (a single-input chain)."""
+        chain = []
+        while (name := self.callee(var)) is not None and LAYOUT_FUNC.fullmatch(name):
+            call = self.binding[var].value
+            if len(_tensor_args(call)) != 1 or len(call.args) != 2:
+                break
+            chain.append(self.binding[var])
+            var = _tensor_args(call)[0]
+        return chain[::-1]
+
+    def consumers(self, var) -> list:
+        """The bindings that alone consume `var` in turn while they are layout or elementwise
+        call_tirs (op_pattern <= injective: requantize, Swin's position-bias add), each with
+        the layout chains producing its other operands."""
+        chain = []
+        while len(users := self.uses.get(var, [])) == 1 and users[0] is not None:
+            name = self.callee(users[0])
+            if name is None or not (LAYOUT_FUNC.fullmatch(name) or self._injective(name)):
+                break
+            call = self.binding[users[0]].value
+            if len(call.args) != 2:  # symbolic-shape arguments (tir_vars): left unfused
+                break
+            for arg in _tensor_args(call):
+                if not arg.same_as(var):
+                    chain.extend(self.producers(arg))
+            chain.append(self.binding[users[0]])
+            var = users[0]
+        return chain
+
+    def _injective(self, name: str) -> bool:
+        func = self.mod[name]
+        pattern = func.attrs.get("op_pattern") if func.attrs is not None else None
+        return pattern is not None and int(pattern) <= INJECTIVE
+
+
+def _group(bindings: list) -> tuple[relax.Function, list]:
+    """A Primitive Relax function computing `bindings` (in order) and the outer values it
+    takes: every argument not bound inside the group, constants included."""
+    inside = {binding.var for binding in bindings}
+    inputs: list = []
+    for binding in bindings:
+        for arg in _tensor_args(binding.value):
+            if arg not in inside and not any(arg.same_as(seen) for seen in inputs):
+                inputs.append(arg)
+    params = [relax.Var(f"p{i}", arg.ty) for i, arg in enumerate(inputs)]
+    renamed = dict(zip(inputs, params, strict=True))
+    body = []
+    for binding in bindings:
+        call = binding.value
+        args = [renamed.get(arg, arg) for arg in _tensor_args(call)]
+        value = relax.Call(call.op, [call.args[0], relax.Tuple(args), *call.args[2:]],
+                           call.attrs, call.ty_args)
+        var = relax.DataflowVar(binding.var.name, binding.var.ty)
+        renamed[binding.var] = var
+        body.append(relax.VarBinding(var, value))
+    out = renamed[bindings[-1].var]
+    func = relax.Function(params, relax.SeqExpr([relax.DataflowBlock(body)], out), out.ty,
+                          is_pure=True)
+    return func.with_attr("Primitive", 1).with_attr(GROUP_ATTR, 1), inputs
+
+
+def attention_groups(func: relax.Function, mod: tvm.IRModule) -> list[tuple[str, list]]:
+    """Per attention matmul with layout to fold: (its PrimFunc's name, the group's bindings in
+    program order)."""
+    index = _Function(func, mod)
+    groups = []
+    for var, binding in index.binding.items():
+        name = _callee(binding.value, mod)
+        if name is None or not ATTENTION_FUNC.fullmatch(name):
+            continue
+        members = [b for arg in _tensor_args(binding.value) for b in index.producers(arg)]
+        members += [binding, *index.consumers(var)]
+        if len(members) == 1 or not all(_plain(b.value) for b in members):
+            continue
+        unique = {b.var: b for b in members}
+        groups.append((name, sorted(unique.values(), key=lambda b: index.order[b.var])))
+    return groups
+
+
+@tvm.transform.module_pass(opt_level=0, name="FoldAttentionLayout")
+def fold_attention_layout(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Group attention matmuls with their layout chains (module docstring); FuseTIR merges
+    the groups, DeadCodeElimination drops the layout calls left without users."""
+    builder = relax.BlockBuilder(mod)
+    count = 0
+    for gv, func in list(mod.functions_items()):
+        if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
+            continue
+        replace = {}
+        for matmul, bindings in attention_groups(func, mod):
+            group, inputs = _group(bindings)
+            group_gv = builder.add_func(group, f"{matmul}_heads")  # names keep the matmul's
+            count += 1
+            replace[bindings[-1].var] = relax.Call(group_gv, inputs)
+        if replace:
+            builder.update_func(gv, _rebind(func, replace))
+    if count == 0:
+        return mod
+    return relax.transform.DeadCodeElimination()(relax.transform.Normalize()(builder.get()))
+
+
+def _rebind(func: relax.Function, replace: dict) -> relax.Function:
+    """`func` with the values of the bindings of `replace`'s variables replaced."""
+    blocks = []
+    for block in func.body.blocks:
+        bindings = [relax.VarBinding(b.var, replace[b.var]) if b.var in replace else b
+                    for b in block.bindings]
+        kind = relax.DataflowBlock if isinstance(block, relax.DataflowBlock) else relax.BindingBlock
+        blocks.append(kind(bindings))
+    return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty,
+                          func.is_pure, func.attrs)

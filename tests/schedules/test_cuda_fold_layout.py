@@ -1,0 +1,83 @@
+"""FoldAttentionLayout (schedules/cuda/fold_layout.py): attention's head split and merge fold
+into the matmul kernels, so one CUDA inference launches fewer kernels; every layout block
+is inlined into a fetch or the epilogue (none left to run outside the schedule). Bit-exactness
+of the folded kernels is tests/schedules/test_cuda_twin_model.py's."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import tvm
+from ivit_tvm.schedules.backend import make_target
+from ivit_tvm.schedules.cuda import pipeline
+from ivit_tvm.schedules.cuda.build import build_cuda
+from ivit_tvm.schedules.cuda.inspect import cuda_source, kernel_launches
+from support import DEIT, SWIN, quantized
+
+from ivit_tvm.compile import apply_graph_passes, lower_model
+from ivit_tvm.ops.tir_query import block_names
+
+LAYOUT_KERNEL = re.compile(r"(transpose|strided_slice|reshape)\d*")
+LAYOUT_BLOCK = re.compile(r"T_(transpose|reshape|strided_slice|broadcast_to)(_\d+)?")
+
+
+def lowered(config, arch: str = "sm_80", fold: bool = True, monkeypatch=None):
+    info = make_target("cuda", arch=arch)
+    mod = apply_graph_passes(lower_model(quantized(config), info)).mod
+    if not fold:
+        monkeypatch.setattr(pipeline, "fold_attention_layout", tvm.transform.Sequential([]))
+    return pipeline.cuda_pipeline(info.target)(mod)
+
+
+@pytest.fixture(scope="module")
+def deit_launches():
+    return kernel_launches(lowered(DEIT))
+
+
+def test_deit_launches_no_head_split_or_merge_kernels(deit_launches, monkeypatch):
+    """Per block, 3 strided slices, 4 transposes and the requantize after the head merge are
+    gone (the patch embedding's one transpose stays); q @ k^T, and p @ V's two byte GEMMs
+    each carry their layout."""
+    layout = {name: n for name, n in deit_launches.items() if LAYOUT_KERNEL.fullmatch(name)}
+    assert sum(layout.values()) == 1, layout
+    heads = sum(n for name, n in deit_launches.items() if "_heads" in name)
+    assert heads == 3 * DEIT.depth
+    unfolded = kernel_launches(lowered(DEIT, fold=False, monkeypatch=monkeypatch))
+    assert sum(unfolded.values()) - sum(deit_launches.values()) == 8 * DEIT.depth
+
+
+def test_every_launched_primfunc_is_one_kernel():
+    """kernel_launches counts PrimFunc calls: each launched PrimFunc is one __global__."""
+    info = make_target("cuda", arch="sm_80")
+    mod = apply_graph_passes(lower_model(quantized(DEIT), info)).mod
+    source = cuda_source(build_cuda(mod, info))
+    kernels = re.findall(r"__global__ void __launch_bounds__\(\d+\) (\w+)\([^;]*\{", source)
+    launches = kernel_launches(lowered(DEIT))
+    assert len(kernels) == len(set(kernels))  # no PrimFunc with a second kernel
+    launched = {f"{name}_kernel" for name in launches}
+    assert launched <= set(kernels)
+    # compiled, never launched: reshapes, which the VM runs as views (RewriteDataflowReshape)
+    assert all(re.fullmatch(r"reshape\d*_kernel", name) for name in set(kernels) - launched)
+
+
+@pytest.mark.parametrize("config", [DEIT, SWIN], ids=["deit", "swin"])
+def test_folded_kernels_inline_every_layout_block(config):
+    info = make_target("cuda", arch="sm_80")
+    mod = apply_graph_passes(lower_model(quantized(config), info)).mod
+    scheduled = pipeline.schedule_module(mod, info.target)
+    folded = {gv.name_hint: func for gv, func in scheduled.functions_items()
+              if isinstance(func, tvm.tirx.PrimFunc) and "_heads" in gv.name_hint}
+    assert folded
+    for name, func in folded.items():
+        left = [block for block in block_names(func) if LAYOUT_BLOCK.fullmatch(block)]
+        assert not left, (name, left)
+
+
+def test_swin_batch_times_window_kernels_stay_unfolded():
+    """Swin's shifted-window stages compute on batch x windows, with the batch passed to the
+    kernels as a value: those groups are left alone (a grouped function could not bind it);
+    the one-window stage folds."""
+    launches = kernel_launches(lowered(SWIN))
+    assert any("_heads" in name for name in launches)
+    assert any("batch_matmul" in name and "_heads" not in name for name in launches)
