@@ -49,7 +49,11 @@ MODELS = {
                                        embed_dim=48, window_size=4, num_classes=10), (1, 3, 32)),
     "deit_small": ("deit_small", {}, (1, 3, 32)),
     "swin_tiny": ("swin_tiny", {}, (1, 3)),
+    # a fixed-batch artifact: its inference runs as one CUDA graph (build.LOWERING_CONFIG)
+    "deit_reduced_b3": ("deit_tiny", dict(img_size=32, patch_size=8, depth=2, num_classes=10),
+                        (3,)),
 }
+FIXED_BATCH = {"deit_reduced_b3": 3}  # name -> the artifact's batch (others: any batch)
 # DeiT-S's GEMMs: name -> (K, N); M = batch x 197 tokens
 DEIT_S_GEMMS = {"qkv": (384, 1152), "proj": (384, 384), "fc1": (384, 1536), "fc2": (1536, 384)}
 GEMM_BATCH = 32
@@ -151,7 +155,7 @@ def prepare_model(name: str, arch: str, out: Path) -> dict:
     model = random_calibrated(model_config(model_name, **overrides))
     log(f"{name}: model ready ({time.time() - started:.0f} s)")
     cuda = make_target("cuda", arch=arch)
-    result = apply_graph_passes(lower_model(model, cuda))  # as ivit-compile lowers it
+    result = apply_graph_passes(lower_model(model, cuda, batch=FIXED_BATCH.get(name)))
     refs = references(name, model, batches)
     np.savez(out / f"{name}_ref.npz", **refs)
     log(f"{name}: references for batches {list(batches)} ({time.time() - started:.0f} s)")

@@ -46,7 +46,7 @@ def parse_batch(value: str) -> int | None:
                    "host CPU.")
 @click.option("--batch", default="dynamic", show_default=True, metavar="N|dynamic",
               help="Batch size the artifact accepts: a fixed N, or 'dynamic' for any batch "
-                   "from one artifact.")
+                   "from one artifact. On cuda a fixed N runs the inference as one CUDA graph.")
 @click.option("--model", "name", default=None, metavar="NAME",
               help="Model name (e.g. deit_small) when the checkpoint has no ivit-tvm metadata "
                    "and its configuration cannot be inferred from keys and shapes alone "

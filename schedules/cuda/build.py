@@ -16,7 +16,11 @@ from .pipeline import cuda_pipeline
 from .toolkit import nvcc_kernels
 
 # The tensor-core GEMM's software pipeline (mma.py) copies global -> shared with cp.async.
-LOWERING_CONFIG = {"tirx.use_async_copy": 1}
+# cp.async for the tensor-core GEMMs' pipelines; CUDA graphs: TVM's RewriteCUDAGraph lifts
+# the static-shape part of main into one captured graph, which for a fixed-batch artifact is
+# nearly every kernel (launched as one graph after the first call); with a symbolic batch
+# nothing is static and every kernel is launched on its own, as without the option
+LOWERING_CONFIG = {"tirx.use_async_copy": 1, "relax.backend.use_cuda_graph": True}
 
 
 def build_cuda(

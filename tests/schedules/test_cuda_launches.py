@@ -1,7 +1,8 @@
-"""FoldAttentionLayout (schedules/cuda/fold_layout.py): attention's head split and merge fold
-into the matmul kernels, so one CUDA inference launches fewer kernels; every layout block
-is inlined into a fetch or the epilogue (none left to run outside the schedule). Bit-exactness
-of the folded kernels is tests/schedules/test_cuda_twin_model.py's."""
+"""Kernel launches of one CUDA inference. FoldAttentionLayout (schedules/cuda/fold_layout.py):
+attention's head split and merge fold into the matmul kernels, every layout block inlined
+into a fetch or the epilogue (none left to run outside the schedule); bit-exactness of the
+folded kernels is tests/schedules/test_cuda_twin_model.py's. CUDA graphs: a fixed-batch
+artifact's kernels are captured into one graph, a dynamic-batch one launches them one by one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import tvm
 from ivit_tvm.schedules.backend import make_target
 from ivit_tvm.schedules.cuda import pipeline
-from ivit_tvm.schedules.cuda.build import build_cuda
+from ivit_tvm.schedules.cuda.build import LOWERING_CONFIG, build_cuda
 from ivit_tvm.schedules.cuda.inspect import cuda_source, kernel_launches
 from support import DEIT, SWIN, quantized
 
@@ -22,12 +23,15 @@ LAYOUT_KERNEL = re.compile(r"(transpose|strided_slice|reshape)\d*")
 LAYOUT_BLOCK = re.compile(r"T_(transpose|reshape|strided_slice|broadcast_to)(_\d+)?")
 
 
-def lowered(config, arch: str = "sm_80", fold: bool = True, monkeypatch=None):
+def lowered(config, arch: str = "sm_80", fold: bool = True, monkeypatch=None,
+            batch: int | None = None):
+    """The module as build_cuda lowers it (its PassContext config), before VM codegen."""
     info = make_target("cuda", arch=arch)
-    mod = apply_graph_passes(lower_model(quantized(config), info)).mod
+    mod = apply_graph_passes(lower_model(quantized(config), info, batch=batch)).mod
     if not fold:
         monkeypatch.setattr(pipeline, "fold_attention_layout", tvm.transform.Sequential([]))
-    return pipeline.cuda_pipeline(info.target)(mod)
+    with tvm.transform.PassContext(config=LOWERING_CONFIG):
+        return pipeline.cuda_pipeline(info.target)(mod)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +85,23 @@ def test_swin_batch_times_window_kernels_stay_unfolded():
     launches = kernel_launches(lowered(SWIN))
     assert any("_heads" in name for name in launches)
     assert any("batch_matmul" in name and "_heads" not in name for name in launches)
+
+
+def _launches_in(module: tvm.IRModule, function: str) -> int:
+    """Kernel launches made by one Relax function of a lowered module."""
+    calls = kernel_launches(tvm.IRModule({
+        gv: func for gv, func in module.functions_items()
+        if gv.name_hint == function or isinstance(func, tvm.tirx.PrimFunc)}))
+    return sum(calls.values())
+
+
+def test_fixed_batch_inference_runs_as_one_cuda_graph():
+    fixed = lowered(DEIT, batch=3)
+    captured = [gv.name_hint for gv in fixed.get_global_vars()
+                if gv.name_hint.endswith("_cuda_graph_capture")]
+    assert len(captured) == 1
+    inside, total = _launches_in(fixed, captured[0]), sum(kernel_launches(fixed).values())
+    assert inside >= 0.8 * total, (inside, total)
+    assert "vm.builtin.cuda_graph.run_or_capture" in fixed.script()
+    dynamic = lowered(DEIT)  # symbolic batch: nothing static to capture, plain launches
+    assert not any("cuda_graph" in gv.name_hint for gv in dynamic.get_global_vars())
