@@ -73,6 +73,12 @@ def host_cores() -> int:
         return os.cpu_count() or 1
 
 
+def sm_number(arch: str) -> int:
+    """80 for "sm_80", 90 for "sm_90a"; 0 for anything that is not a CUDA arch."""
+    match = CUDA_ARCH.fullmatch(arch)
+    return int(match.group(1)) if match else 0
+
+
 def check_cuda_arch(arch: str) -> str:
     """Return `arch` if it names a CUDA architecture the kernels support; else ValueError."""
     match = CUDA_ARCH.fullmatch(arch) if isinstance(arch, str) else None
@@ -146,9 +152,8 @@ def llvm_capabilities(target: tvm.target.Target) -> Capabilities:
 def cuda_capabilities(target: tvm.target.Target) -> Capabilities:
     """The arch of a cuda target, and whether this process has a CUDA driver to build with."""
     arch = check_cuda_arch(str(target.attrs["arch"]))
-    sm = int(CUDA_ARCH.fullmatch(arch).group(1))
     return Capabilities(cuda_arch=arch, cuda_driver=cuda_driver_loaded(),
-                        int8_tensor_cores=sm >= MIN_TENSOR_CORE_ARCH)
+                        int8_tensor_cores=sm_number(arch) >= MIN_TENSOR_CORE_ARCH)
 
 
 def cuda_driver_loaded() -> bool:

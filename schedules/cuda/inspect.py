@@ -32,9 +32,10 @@ PTX_PATTERNS = {
 }
 
 
-def kernel_launches(lowered: tvm.IRModule) -> dict[str, int]:
+def kernel_launches(lowered: tvm.IRModule, function: str | None = None) -> dict[str, int]:
     """PrimFunc name -> calls per inference of a module lowered by pipeline.cuda_pipeline
-    (before VM codegen): each call launches one kernel; host shape functions are left out."""
+    (before VM codegen), in every Relax function or only in `function`: each call launches
+    one kernel; host shape functions are left out."""
     calls: dict[str, int] = {}
 
     def visit(expr):
@@ -43,8 +44,8 @@ def kernel_launches(lowered: tvm.IRModule) -> dict[str, int]:
             if isinstance(lowered[expr.op], tirx.PrimFunc) and not HOST_FUNC.fullmatch(name):
                 calls[name] = calls.get(name, 0) + 1
 
-    for func in lowered.functions.values():
-        if isinstance(func, relax.Function):
+    for gv, func in lowered.functions_items():
+        if isinstance(func, relax.Function) and function in (None, gv.name_hint):
             relax.analysis.post_order_visit(func, visit)
     return calls
 

@@ -32,7 +32,7 @@ from tvm.s_tir.dlight.gpu.matmul import (
 )
 from tvm.target import Target
 
-from ..targets import MIN_TENSOR_CORE_ARCH
+from ..targets import MIN_TENSOR_CORE_ARCH, sm_number
 from ..tir_rewrite import LOAD, map_func, substitute, substitute_region
 from . import mma_intrin
 from .mma_intrin import TILE_K, TILE_M, TILE_N, WARP, ab_layout, c_layout
@@ -51,20 +51,21 @@ class Fetch(Enum):
     ALONG_ROWS = "along_rows"  # an element a lane, lanes along rows: B = V (K, N), N contiguous
 
 
+VECTOR_FETCHES = (Fetch.VECTOR, Fetch.VECTOR)
+
+
 @dataclass(frozen=True)
 class MmaPlan:
     """What plan_mma decided for one GEMM: its shape, block tile and operand fetches."""
 
     shape: GemmShape
     tile: MmaTile
-    fetches: tuple[Fetch, Fetch] = (Fetch.VECTOR, Fetch.VECTOR)
+    fetches: tuple[Fetch, Fetch] = VECTOR_FETCHES
 
 
 def sm_version(target: Target) -> int:
     """80 for "sm_80", 90 for "sm_90a"; 0 when the target has no arch."""
-    arch = str(target.attrs.get("arch", "")) if target.kind.name == "cuda" else ""
-    digits = arch.removeprefix("sm_").rstrip("af")
-    return int(digits) if digits.isdigit() else 0
+    return sm_number(str(target.attrs.get("arch", ""))) if target.kind.name == "cuda" else 0
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,6 @@ def _normalise(sch: s_tir.Schedule, main) -> None:
         iters = sch.get(block).iter_vars
         if len(iters) == len(index_map.initial_indices) and len(iters) > 2:
             sch.transform_block_layout(block, index_map)
-
-
-VECTOR_FETCHES = (Fetch.VECTOR, Fetch.VECTOR)
 
 
 def mma_func(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = True,
@@ -295,10 +293,11 @@ def fetch_for(k_contiguous: bool, row_bytes: int | None, k: int, tile: MmaTile) 
 def plan_mma(func: tirx.PrimFunc, block_name: str, dtypes, k_contiguous, target: Target,
              tile: MmaTile | None = None, row_bytes=(None, None)) -> MmaPlan | None:
     """The MmaPlan when the GEMM block `block_name` of `func` runs on tensor cores for
-    `target`: sm_80+, int8 x int8, static N and K, and a tile (`tile`, or the one
-    mma_tiles.choose_tile picks). Dense layers (no batch axis S) need whole N and K tiles and
-    k-contiguous operands (16-byte copies); attention's batched matmuls (S = batch x heads)
-    pad N and K = tokens like M, and probs @ V reads V (K, N) element by element.
+    `target`: sm_80+, int8 or uint8 x int8 (MMA_DTYPES), static N and K, and a tile
+    (`tile`, or the one mma_tiles.choose_tile picks). Dense layers (no batch axis S) need
+    whole N and K tiles and k-contiguous operands (16-byte copies); attention's batched
+    matmuls (S = batch x heads) pad N and K = tokens like M, and probs @ V reads V (K, N)
+    element by element.
     `row_bytes`: each operand's static last-axis extent in bytes (None: unknown). None: use
     another strategy."""
     if sm_version(target) < MIN_SM or tuple(dtypes) not in MMA_DTYPES:

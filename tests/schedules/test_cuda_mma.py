@@ -18,6 +18,7 @@ from ivit_tvm.schedules.cuda.gemm import IntegerGemm, gemm_choices, match_intege
 from ivit_tvm.schedules.cuda.pipeline import schedule_module
 from ivit_tvm.schedules.cuda.toolkit import compile_cubin_verbose, find_cuda_tool
 from ivit_tvm.schedules.tir_rewrite import map_func, substitute
+from support import DEIT as DEIT_CONFIG
 from support import deit_and_images
 from tvm import s_tir, te, tirx
 
@@ -510,9 +511,11 @@ def test_pipeline_puts_dense_on_tensor_cores_on_sm80_and_records_the_tile(deit_m
     head = [row for row in dense.values() if row["n"] == 10]  # 10 classes: no tile fits
     assert head and all(row["strategy"] == "dp4a" for row in head)
     attention = [row for row in choices if "batch_matmul" in row["primfunc"]]
-    logits = [row for row in attention if "requantize" in row["primfunc"]]  # q @ k^T, fused
+    head_dim = DEIT_CONFIG.embed_dim // DEIT_CONFIG.num_heads
+    logits = [row for row in attention if row["k"] == head_dim]  # q @ k^T: K = head_dim
     assert logits and all(row["strategy"] == "mma" for row in logits)
-    assert {row["strategy"] for row in attention if row not in logits} == {"scalar"}  # int16 p@V
+    # p @ V (N = head_dim) with int16 probabilities: from_model without byte_products
+    assert {row["strategy"] for row in attention if row not in logits} == {"scalar"}
     for row in dense.values():
         if row["strategy"] == "mma":
             tile = next(t for t in mma_tiles.TILE_TABLE if t.name == row["tile"])
