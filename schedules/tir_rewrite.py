@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
+
+from ivit_tvm.ops.tir_query import blocks
 
 LOAD = tvm.ir.TensorLoad  # what tirx.BufferLoad(...) builds (tirx.BufferLoad is a function)
 _BINARY = (tirx.Add, tirx.Sub, tirx.Mul, tirx.FloorDiv, tirx.FloorMod, tirx.Min, tirx.Max,
@@ -74,3 +77,55 @@ def map_stmt(stmt, post: Callable):
 def map_func(func: tirx.PrimFunc, post: Callable) -> tirx.PrimFunc:
     """`func` with its body rebuilt by map_stmt."""
     return func.with_body(map_stmt(func.body, post))
+
+
+def drop_index_wraps(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` with `x % n` -> x and `x // n` -> 0 where x simplifies to a block iterator of
+    domain [0, n) for a symbolic n (within an if_then_else's true branch, given its
+    condition): reshape's unravel of the (symbolic) batch axis, which the simplifier leaves as
+    a division per element once a reshape is inlined into a consumer."""
+    analyzer = tvm.sym.Analyzer()
+    domains = {}
+    for block in blocks(func):
+        for iv in block.iter_vars:
+            analyzer.bind(iv.var, iv.dom)
+            domains[iv.var] = iv.dom
+
+    def same_width(node, mutator):
+        """node with its operands mutated; TVM builds some index arithmetic of mixed widths
+        (int32 iterators in int64 indices), which the simplifier cannot reason about: both
+        operands go to int64 there."""
+        a, b = mutator.mutate(node.a), mutator.mutate(node.b)
+        if a.ty.dtype != b.ty.dtype:
+            a, b = tirx.Cast("int64", a), tirx.Cast("int64", b)
+        elif a.same_as(node.a) and b.same_as(node.b):
+            return node
+        return type(node)(a, b)
+
+    def unwrap(node, mutator):
+        node = same_width(node, mutator)
+        a, b = node.a, node.b
+        if not isinstance(b, tirx.IntImm):
+            x = analyzer.simplify(a)
+            dom = domains.get(x) if isinstance(x, tirx.Var) else None
+            if dom is not None and analyzer.can_prove_equal(dom.min, 0) and \
+                    analyzer.can_prove_equal(dom.extent, b):
+                dtype = node.ty.dtype
+                if isinstance(node, tirx.FloorDiv):
+                    return tirx.IntImm(dtype, 0)
+                return x if x.ty.dtype == dtype else tirx.Cast(dtype, x)
+        return node
+
+    def guarded(node, mutator):  # if_then_else(c, a, b): c holds while a is computed
+        if not (isinstance(node.op, tvm.ir.Op) and node.op.name == "prim.if_then_else"):
+            return mutator.default_mutate(node)
+        cond, then, other = (mutator.mutate(arg) for arg in node.args[:1]), *node.args[1:]
+        cond = next(cond)
+        with analyzer.constraint_scope(cond):
+            then = mutator.mutate(then)
+        return tirx.if_then_else(cond, then, mutator.mutate(other))
+
+    return tvm_ffi.structural_mutate(func, [
+        (tirx.FloorMod, unwrap), (tirx.FloorDiv, unwrap), (tvm.ir.Call, guarded),
+        *((kind, same_width) for kind in (tirx.Add, tirx.Sub, tirx.Mul, tirx.Min, tirx.Max)),
+    ])

@@ -77,14 +77,18 @@ def tile_gemm(
     intrin: str | None,
     k_block: int | None = None,
     prologue: tuple[SBlockRV, ...] = (),
+    epilogue: SBlockRV | None = None,
 ) -> list[SBlockRV]:
     """Tile the GEMM block (see the module).
 
     The m extent must be a multiple of tile.rows and n of 16 * tile.cols (pad in the compute
     definition). `prologue` blocks (operand packing) move under the parallel loop, so each
     thread packs the operands it then multiplies (a per-iteration workspace: worth it per
-    attention head, not per dense row block); returns those that could not move (TVM's
-    region analysis can refuse), for the caller to schedule on their own.
+    attention head, not per dense row block). An `epilogue` block reading the GEMM's output at
+    its own (m, n) (dense.flat_epilogue) moves under the row-block loop, after the GEMM: each
+    block of rows is requantized while its accumulators are still in cache. Returns the
+    blocks that could not move (TVM's region analysis can refuse), for the caller to schedule
+    on their own.
     """
     *batch, m, n, k = sch.get_loops(block)
     k_extent = int(sch.get(k).extent)
@@ -103,6 +107,11 @@ def tile_gemm(
             sch.compute_at(stage, outer)
         except ScheduleError:
             unmoved.append(stage)
+    if epilogue is not None:
+        try:  # before decompose_reduction and tensorize: TVM refuses it after them
+            sch.reverse_compute_at(epilogue, mo)
+        except ScheduleError:
+            unmoved.append(epilogue)
     sch.parallel(outer)
     sch.unroll(mi)
     sch.unroll(nb)

@@ -137,7 +137,7 @@ def _parallel_vectorize(sch: Schedule, rv: SBlockRV, outer: int, lanes: int) -> 
     sch.vectorize(inner)
 
 
-def _lanes(sch: Schedule, rv: SBlockRV, vector_bytes: int) -> int:
+def vector_lanes(sch: Schedule, rv: SBlockRV, vector_bytes: int) -> int:
     """Vector lanes for a block: the register width over its widest buffer element."""
     block = _block(sch, rv)
     widest = max(
@@ -186,7 +186,7 @@ def schedule_generic(sch: Schedule, vector_bytes: int, skip: Set[str] = frozense
             outer = depth
         else:
             outer = _spatial_prefix(sch, rv, len(loops))
-        _parallel_vectorize(sch, rv, outer, _lanes(sch, rv, vector_bytes))
+        _parallel_vectorize(sch, rv, outer, vector_lanes(sch, rv, vector_bytes))
 
 
 def _spatial_prefix(sch: Schedule, rv: SBlockRV, n_loops: int) -> int:

@@ -31,6 +31,7 @@ from __future__ import annotations
 from tvm import te, tirx
 from tvm.ir.prim import expr_deep_equal
 from tvm.s_tir import Schedule
+from tvm.s_tir.schedule import ScheduleError
 
 from ivit_tvm.ops import names
 from ivit_tvm.ops.tir_query import find_block
@@ -230,6 +231,7 @@ def schedule_packed_attention(sch: Schedule, kind: str, path: GemmPath) -> None:
     (On isa "generic" the pipeline keeps the plain batch matmul: a vectorized loop over these
     packed operands is 2-4x slower than schedule_batch_matmul's.)"""
     *prologue, acc_name = KIND_BLOCKS[kind]
+    inline_layout(sch, prologue[0], acc_name)
     acc = sch.get_sblock(acc_name)
     n_tiles = int(sch.get(sch.get_loops(acc)[-2]).extent) // LANES
     operand, packed = (region.source.ty for region in sch.get(acc).reads)
@@ -240,6 +242,20 @@ def schedule_packed_attention(sch: Schedule, kind: str, path: GemmPath) -> None:
         *outer, inner = sch.get_loops(stage)  # could not move under the head loop
         sch.parallel(sch.fuse(*outer))
         sch.vectorize(inner)
+
+
+def inline_layout(sch: Schedule, first_stage: str, acc_name: str) -> None:
+    """Inline what schedules.fold_layout folded into the kernel: the head split before the
+    packing (reshape, strided_slice, transpose: the packing stages then read the qkv tensor
+    itself) and the head merge after the GEMM (transpose, reshape, into the requantize that
+    writes the output); blocks that cannot be inlined stay for the generic schedule."""
+    root = [sch.get(rv).name_hint for rv in sch.get_child_blocks(sch.get_sblock("root"))]
+    start, acc = root.index(first_stage), root.index(acc_name)
+    for name in [*reversed(root[:start]), *root[acc + 1 : -1]]:
+        try:
+            sch.compute_inline(sch.get_sblock(name))
+        except ScheduleError:
+            continue
 
 
 def schedule_batch_matmul(sch: Schedule, vector_bytes: int) -> None:

@@ -25,6 +25,7 @@ from tvm.s_tir.schedule import ScheduleError
 
 from ivit_tvm.ops.tir_query import block_names
 
+from ..fold_layout import fusion_passes
 from ..shape_order import sort_shape_stores
 from ..targets import Capabilities, TargetInfo
 from ..tuning.apply import apply_tuned_schedules
@@ -95,7 +96,7 @@ def llvm_pipeline(target: tvm.target.Target, name: str, after_fusion: list,
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
                 + list(before_legalize)
-                + cpu_generic.legalize_passes(target)
+                + fusion_passes()
                 + list(after_fusion)
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target)

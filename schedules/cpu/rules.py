@@ -17,6 +17,7 @@ from tvm.s_tir.stmt import SBlock
 from ivit_tvm.ops.tir_query import blocks
 
 from ..targets import Capabilities
+from ..tir_rewrite import drop_index_wraps
 from . import dense, float_dense, lookup, matmul
 from .division import rewrite_divisions
 from .generic import schedule_generic
@@ -64,8 +65,7 @@ class PackedDense(CPURule):
         )
 
     def apply(self, sch: Schedule, caps: Capabilities, claimed: Set[str]) -> set[str]:
-        dense.schedule_packed_dense(sch, gemm_path(caps))
-        return {dense.ACC_BLOCK, dense.SHIFT_BLOCK}
+        return dense.schedule_packed_dense(sch, gemm_path(caps))
 
 
 class PackedAttention(CPURule):
@@ -76,7 +76,9 @@ class PackedAttention(CPURule):
     def rewrite(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
         path = gemm_path(caps)
         kind = matmul.matmul_kind(func, path)
-        return func if kind is None else matmul.rewrite_matmul(func, kind, path.vector_bytes)
+        if kind is None:
+            return func
+        return matmul.rewrite_matmul(drop_index_wraps(func), kind, path.vector_bytes)
 
     def _kind(self, sch: Schedule) -> str | None:
         for kind, names in matmul.KIND_BLOCKS.items():

@@ -14,13 +14,13 @@ Where a CUDA driver is loaded, build through build.build_cuda: TVM's default ker
 from __future__ import annotations
 
 import tvm
-from tvm import relax, tirx
+from tvm import tirx
 from tvm.relax.backend.cuda import pipeline as cuda_backend
 from tvm.s_tir import dlight
 
 from ivit_tvm.ops.tir_query import has_thread_binding
 
-from .fold_layout import fold_attention_layout
+from ..fold_layout import fusion_passes
 from .gemm import GemmStrategy, GemmTile, IntegerGemm, gemm_choices
 from .rowwise import RowReduction
 
@@ -61,19 +61,6 @@ def require_gpu_schedule(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
             "for them in schedules/cuda/pipeline.py:schedule_rules"
         )
     return mod
-
-
-def fusion_passes() -> list[tvm.transform.Pass]:
-    """Relax ops -> TIR, then fuse each GEMM/row op with its elementwise epilogue, and
-    attention's matmuls with the head split and merge around them (fold_layout.py)."""
-    return [
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        fold_attention_layout,
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-    ]
 
 
 def scheduling_passes(strategy: GemmStrategy = GemmStrategy.AUTO, tile: GemmTile | None = None,

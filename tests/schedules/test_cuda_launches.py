@@ -1,4 +1,4 @@
-"""Kernel launches of one CUDA inference. FoldAttentionLayout (schedules/cuda/fold_layout.py):
+"""Kernel launches of one CUDA inference. FoldAttentionLayout (schedules/fold_layout.py):
 attention's head split and merge fold into the matmul kernels, every layout block inlined
 into a fetch or the epilogue (none left to run outside the schedule); bit-exactness of the
 folded kernels is tests/schedules/test_cuda_twin_model.py's. CUDA graphs: a fixed-batch
@@ -10,6 +10,7 @@ import re
 
 import pytest
 import tvm
+from ivit_tvm.schedules import fold_layout
 from ivit_tvm.schedules.backend import make_target
 from ivit_tvm.schedules.cuda import pipeline
 from ivit_tvm.schedules.cuda.build import LOWERING_CONFIG, build_cuda
@@ -29,7 +30,7 @@ def lowered(config, arch: str = "sm_80", fold: bool = True, monkeypatch=None,
     info = make_target("cuda", arch=arch)
     mod = apply_graph_passes(lower_model(quantized(config), info, batch=batch)).mod
     if not fold:
-        monkeypatch.setattr(pipeline, "fold_attention_layout", tvm.transform.Sequential([]))
+        monkeypatch.setattr(fold_layout, "fold_attention_layout", tvm.transform.Sequential([]))
     with tvm.transform.PassContext(config=LOWERING_CONFIG):
         return pipeline.cuda_pipeline(info.target)(mod)
 

@@ -1,4 +1,4 @@
-"""FoldAttentionLayout: attention's layout kernels folded into its matmuls (CUDA pipeline).
+"""FoldAttentionLayout: attention's layout kernels folded into its matmuls (CPU and CUDA).
 
 The frontend splits attention's heads with layout ops (ivit_tvm.frontend.blocks):
 
@@ -6,18 +6,19 @@ The frontend splits attention's heads with layout ops (ivit_tvm.frontend.blocks)
                    -> q, k, v (B, h, N, d)
     probs @ v (B, h, N, d) -> transpose (B, N, h, d) -> reshape (B, N, C) -> requantize
 
-On a GPU each of them is a kernel launch and a round trip through global memory (seven
-per block, 84 of DeiT-S's kernels). This pass groups every attention matmul (a call_tir of an
+Each of them is a kernel call and a round trip through memory (seven per block, 84 of
+DeiT-S's kernels). This pass groups every attention matmul (a call_tir of an
 `ivit_batch_matmul*` PrimFunc, fused or not) with the chain of layout call_tirs that produce
 each operand and, when the matmul's result feeds only them, the layout chain and requantize
 after it; relax.transform.FuseTIR then merges each group into one PrimFunc, where the layout
-blocks are index arithmetic that the GEMM schedule inlines into its shared-memory fetches and
-its epilogue (schedules/cuda/gemm.py: auto_inline_producers / auto_inline_consumer_chain).
+blocks are index arithmetic that the GEMM schedule inlines into its operand fetches and its
+epilogue (CUDA: schedules/cuda/gemm.py, auto_inline_producers / auto_inline_consumer_chain
+into the shared-memory fetches; CPU: schedules/cpu/matmul.py, into the per-head packing).
 A chain shared by several matmuls (q, k and v all read the qkv reshape; both byte GEMMs of
 16-bit probs @ V read v) is copied into each group, and the originals left unused are removed.
 
 Layout call_tirs are recognised by the PrimFunc names LegalizeOps gives them (LAYOUT_FUNC);
-the pass runs between LegalizeOps and FuseOps (pipeline.fusion_passes).
+the pass runs between LegalizeOps and FuseOps (`fusion_passes`, both pipelines).
 """
 
 from __future__ import annotations
@@ -188,3 +189,17 @@ def _rebind(func: relax.Function, replace: dict) -> relax.Function:
         blocks.append(kind(bindings))
     return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty,
                           func.is_pure, func.attrs)
+
+
+def fusion_passes() -> list[tvm.transform.Pass]:
+    """Relax ops -> TIR, then fuse each GEMM/row op with its elementwise epilogue, and
+    attention's matmuls with the head split and merge around them (TVM's legalize passes with
+    FoldAttentionLayout before FuseOps)."""
+    return [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        fold_attention_layout,
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]

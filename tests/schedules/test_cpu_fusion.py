@@ -1,0 +1,164 @@
+"""schedules.cpu: what the CPU kernels fuse. Each dense GEMM's epilogue (requantize, residual
+add) runs per row block right after the GEMM (dense.flat_epilogue); attention's head split and
+merge fold into its matmul kernels (schedules.fold_layout, inlined by matmul.inline_layout);
+reshape's division by the symbolic batch inside a folded kernel is dropped
+(tir_rewrite.drop_index_wraps). Bit-exactness of the models built this way is
+test_cpu_schedules.py's (reduced DeiT and Swin, batch 1 and 3: 17 and 51 token rows, not
+multiples of the 8-row block)."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+from ivit_tvm.schedules.backend import get_backend
+from ivit_tvm.schedules.cpu import dense
+from ivit_tvm.schedules.cpu.packing import pack_dense_gemms
+from ivit_tvm.schedules.cpu.pipeline import schedule_cpu
+from ivit_tvm.schedules.fold_layout import fusion_passes
+from ivit_tvm.schedules.tir_rewrite import drop_index_wraps
+from support import DEIT, SWIN, quantized
+from tvm import relax, te, tirx, topi
+from tvm.s_tir import Schedule
+from tvm.target import codegen
+
+from ivit_tvm.compile import apply_graph_passes, lower_model
+from ivit_tvm.ops.tir_query import block_names, root_nests
+
+HOST = get_backend("llvm").resolve(tvm.target.Target(
+    {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": 2}
+))
+LAYOUT_KERNEL = re.compile(r"(transpose|strided_slice)\d*")  # reshapes become views later
+LAYOUT_BLOCK = re.compile(r"T_(transpose|reshape|strided_slice)\w*")
+
+
+@functools.cache
+def scheduled(config) -> tvm.IRModule:
+    """The module as cpu_pipeline has it after ScheduleCPU (before TVM's lowering)."""
+    mod = apply_graph_passes(lower_model(quantized(config), HOST)).mod
+    with HOST.target:
+        passes = [*fusion_passes(), pack_dense_gemms(HOST.caps), schedule_cpu(HOST.caps)]
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def prim_funcs(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+def calls(mod: tvm.IRModule) -> list[str]:
+    """PrimFunc names called by the module's Relax functions, once per call."""
+    names: list[str] = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+            names.append(expr.args[0].name_hint)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return names
+
+
+@pytest.mark.parametrize("config", [DEIT, SWIN], ids=["deit", "swin"])
+def test_dense_epilogue_runs_under_the_gemm_row_loop(config):
+    """Every packed dense kernel is two loop nests: the activation shift, then the GEMM with
+    its requantize under the same parallel row-block loop (no third nest re-reading the
+    int32 accumulators)."""
+    denses = {name: f for name, f in prim_funcs(scheduled(config)).items()
+              if f"{dense.ACC_BLOCK}_init" in block_names(f)}
+    assert len(denses) >= 4
+    for name, func in denses.items():
+        nests = [block_names(nest) for nest in root_nests(func)]
+        assert len(nests) == 2, (name, nests)
+        assert nests[0] == [dense.SHIFT_BLOCK], (name, nests)
+        gemm = nests[1]
+        assert gemm[:2] == [f"{dense.ACC_BLOCK}_init", f"{dense.ACC_BLOCK}_update_o"], (name, gemm)
+        assert len(gemm) == 3, (name, gemm)  # the epilogue (its chain inlined into one block)
+
+
+def test_deit_attention_carries_its_head_split_and_merge():
+    """Per block, the q/k/v slices and transposes and the head merge are gone from the call
+    list (the patch embedding's transpose stays); the two attention kernels per block hold no
+    layout block of their own (inlined into the packing and the requantize)."""
+    mod = scheduled(DEIT)
+    called = calls(mod)
+    layout = [name for name in called if LAYOUT_KERNEL.fullmatch(name)]
+    assert layout == ["transpose"], layout
+    heads = [name for name in called if "_heads" in name]
+    assert len(heads) == 2 * DEIT.depth, heads
+    funcs = prim_funcs(mod)
+    for name in set(heads):
+        left = [b for b in block_names(funcs[name]) if LAYOUT_BLOCK.fullmatch(b)]
+        assert left == [], (name, left)
+
+
+# ---- drop_index_wraps ---------------------------------------------------------------------------
+def _reshape_then_add(extra_wrap: bool = False):
+    """x (B, 24) int32 -> reshape (B, 4, 6) -> + 1, the reshape inlined: its index unravels
+    the flat position with `% B`. extra_wrap: a load at (i + 1) % B, which does wrap."""
+    batch = tirx.Var("batch", "int64")
+    x = te.placeholder((batch, 24), "int32", name="x")
+    y = topi.reshape(x, (batch, 4, 6))
+
+    def body(b, i, j):
+        value = y[b, i, j] + 1
+        if extra_wrap:
+            value = value + x[tirx.floormod(b + 1, batch), i * 6 + j]
+        return value
+
+    out = te.compute((batch, 4, 6), body, name="out")
+    sch = Schedule(te.create_prim_func([x, out]).with_attr("global_symbol", "main"))
+    sch.compute_inline(sch.get_sblock(block_names(sch.mod["main"])[0]))
+    return sch.mod["main"], batch
+
+
+def _symbolic_wraps(func: tirx.PrimFunc) -> int:
+    found = []
+
+    def visit(node):
+        if not isinstance(node.b, tirx.IntImm):
+            found.append(node)
+
+    def store(node):  # the computation, not the read regions TVM derives from it
+        tvm_ffi.structural_walk(node.value, [(tirx.FloorMod, visit), (tirx.FloorDiv, visit)])
+
+    tvm_ffi.structural_walk(func, (tirx.BufferStore, store))
+    return len(found)
+
+
+@pytest.mark.parametrize("extra_wrap", [False, True])
+def test_drop_index_wraps_only_where_the_index_is_in_range(extra_wrap):
+    func, _ = _reshape_then_add(extra_wrap)
+    assert _symbolic_wraps(func) >= 1
+    rewritten = drop_index_wraps(func)
+    assert _symbolic_wraps(rewritten) == (1 if extra_wrap else 0)  # (b + 1) % B must stay
+    ex = tvm.compile(tvm.IRModule({"main": rewritten}), target="llvm")
+    x = np.arange(3 * 24, dtype=np.int32).reshape(3, 24)
+    out = tvm.runtime.tensor(np.zeros((3, 4, 6), np.int32))
+    ex(tvm.runtime.tensor(x), out)
+    expected = x.reshape(3, 4, 6) + 1
+    if extra_wrap:
+        expected = expected + np.roll(x, -1, axis=0).reshape(3, 4, 6)
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
+def test_drop_index_wraps_uses_an_if_then_else_condition():
+    """A padded read clamps its index only where the condition fails: inside the branch the
+    condition bounds it, so the batch wrap around it goes."""
+    batch = tirx.Var("batch", "int64")
+    x = te.placeholder((batch, 5), "int32", name="x")
+    y = topi.reshape(x, (batch, 5))
+
+    def padded(b, j):  # j in [0, 8): the reshape's unravel of b * 5 + j wraps only if j >= 5
+        return tirx.if_then_else(j < 5, y[b, j], 0)
+
+    out = te.compute((batch, 8), padded, name="out")
+    sch = Schedule(te.create_prim_func([x, out]).with_attr("global_symbol", "main"))
+    sch.compute_inline(sch.get_sblock(block_names(sch.mod["main"])[0]))
+    func = sch.mod["main"]
+    assert _symbolic_wraps(func) >= 1
+    assert _symbolic_wraps(drop_index_wraps(func)) == 0
