@@ -25,12 +25,10 @@ from __future__ import annotations
 
 from tvm import te, tirx
 from tvm.s_tir import Schedule
-from tvm.s_tir.schedule import SBlockRV, ScheduleError
 
 from ivit_tvm.ops import names
 
-from .gemm import choose_tile, tile_gemm
-from .generic import vector_lanes
+from .gemm import blocks_after, choose_tile, epilogue_like_acc, tile_gemm, vectorize_epilogue
 from .isa import SHIFT, GemmPath
 from .vnni import LANES
 
@@ -110,37 +108,13 @@ def packed_dense(
 
 
 # ---- schedule -----------------------------------------------------------------------------------
-def flat_epilogue(sch: Schedule) -> SBlockRV | None:
-    """The blocks after the GEMM (dense_corr, bias, requantize, a residual add) inlined into
-    the one that writes the kernel's output, whose iteration (*lead, n) is laid out as the
-    GEMM's flat (m, n): it then reads dense_acc at its own indices, and tile_gemm can compute it
-    per row block. None where the epilogue is not one elementwise chain (the generic schedule
-    takes what is left of it)."""
-    root = sch.get_sblock("root")
-    rest = [rv for rv in sch.get_child_blocks(root)
-            if sch.get(rv).name_hint not in (ACC_BLOCK, SHIFT_BLOCK)]
-    if not rest:
-        return None
-    *chain, last = rest
-    try:
-        for rv in chain:
-            sch.compute_inline(rv)
-        lead = [iv.dom.extent for iv in sch.get(last).iter_vars[:-1]]
-        flat = tirx.IndexMap.from_func(lambda *index: (ravel(index[:-1], lead), index[-1]),
-                                       ndim=len(lead) + 1)
-        sch.transform_block_layout(last, flat)
-    except ScheduleError:
-        return None
-    return last
-
-
 def schedule_packed_dense(sch: Schedule, path: GemmPath) -> set[str]:
     """The packed GEMM (gemm.tile_gemm), parallel over row blocks, its epilogue (requantize)
-    computed per row block after it where it is one elementwise chain (flat_epilogue), after
-    the activation shift or widening as its own parallel, vectorized loop (under the GEMM's
-    row loop it would allocate its tile per iteration). The path's intrinsic for the operand
-    dtype (vpdpbusd, vpmaddwd), or a vectorized loop where it has none. Returns the names of
-    the blocks it scheduled.
+    computed per row block after it where it is one elementwise chain
+    (gemm.epilogue_like_acc), after the activation shift or widening as its own parallel,
+    vectorized loop (under the GEMM's row loop it would allocate its tile per iteration).
+    The path's intrinsic for the operand dtype (vpdpbusd, vpmaddwd), or a vectorized loop
+    where it has none. Returns the names of the blocks it scheduled.
 
     Fusing the epilogue keeps each row block's int32 accumulators in cache between the GEMM
     and the requantize (DeiT-S fc1 at batch 8: a 9.7 MB round trip otherwise); measured on Zen 4,
@@ -151,15 +125,10 @@ def schedule_packed_dense(sch: Schedule, path: GemmPath) -> set[str]:
     n_tiles, _, _, group = (int(e) for e in weight.shape)
     tile = choose_tile(n_tiles, group, path.vector_bytes)
     intrin = path.intrinsic(str(operand.dtype)) if group > 1 else None
-    epilogue = flat_epilogue(sch)
+    epilogue = epilogue_like_acc(sch, acc, blocks_after(sch, ACC_BLOCK))
     unmoved = tile_gemm(sch, acc, tile, intrin, K_BLOCK, epilogue=epilogue)
     scheduled = {ACC_BLOCK, SHIFT_BLOCK}
-    if epilogue is not None and epilogue not in unmoved:
-        columns = sch.get_loops(epilogue)[-1]
-        extent, lanes = int(sch.get(columns).extent), vector_lanes(sch, epilogue, path.vector_bytes)
-        if extent % lanes == 0:  # else LLVM's loop vectorizer takes it, tail included
-            sch.vectorize(sch.split(columns, [None, lanes])[-1])
-        scheduled.add(sch.get(epilogue).name_hint)
+    scheduled |= vectorize_epilogue(sch, epilogue, unmoved, path.vector_bytes)
     rows, reduce = sch.get_loops(sch.get_sblock(SHIFT_BLOCK))
     sch.parallel(rows)
     sch.vectorize(reduce)

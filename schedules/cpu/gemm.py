@@ -19,9 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tvm import tirx
+from tvm.ir.prim import expr_deep_equal
 from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import SBlockRV, ScheduleError
 
+from ivit_tvm.ops.tir_query import load_indices
+
+from .generic import vector_lanes
 from .vnni import LANES
 
 # rows x cols vectors of 16 accumulators per vector width in bytes: AVX-512 keeps 24 of its 32
@@ -70,6 +75,47 @@ def choose_tile(n_tiles: int, group: int, vector_bytes: int = 64) -> Tile:
     return max(tiles, key=lambda tile: tile.rows * tile.cols)  # max keeps the first of ties
 
 
+def blocks_after(sch: Schedule, name: str) -> list[str]:
+    """The names of the root blocks after block `name`, in program order."""
+    names = [sch.get(rv).name_hint for rv in sch.get_child_blocks(sch.get_sblock("root"))]
+    return names[names.index(name) + 1 :]
+
+
+def epilogue_like_acc(sch: Schedule, acc: SBlockRV, after: list[str]) -> SBlockRV | None:
+    """The blocks `after` the GEMM (its epilogue: corr, bias, requantize, residual add, the
+    head merge; root blocks in program order) inlined into the last, whose iteration is then
+    laid out as the accumulator index it reads (the dense's (batch, tokens, n) becomes the
+    flat row (b * T + t, n); attention's merged (b, t, h * d + c) becomes (b, h, t, c)), so
+    that tile_gemm can compute it per row block while the accumulators are in cache. None
+    where the epilogue is not one injective chain reading the accumulator at one index (q @
+    k^T's reads its correction row too: TVM's region analysis then fails inside
+    reverse_compute_at); the generic schedule takes what is left of it."""
+    if not after:
+        return None
+    *chain, last = after
+    acc_buffer = sch.get(acc).writes[0].source
+    try:
+        for name in chain:
+            sch.compute_inline(sch.get_sblock(name))
+        block_rv = sch.get_sblock(last)
+        block = sch.get(block_rv)
+        reads = load_indices(block.body, acc_buffer)
+        if not reads:
+            return None
+        index, iter_vars = list(reads[0]), [iv.var for iv in block.iter_vars]
+        one_index = all(len(other) == len(index) and all(
+            expr_deep_equal(a, b) for a, b in zip(other, index, strict=True)) for other in reads)
+        identity = len(index) == len(iter_vars) and all(
+            expr_deep_equal(i, v) for i, v in zip(index, iter_vars, strict=True))
+        if not one_index:  # TVM 0.27 cannot move it (reverse_compute_at fails on its region)
+            return None
+        if not identity:
+            sch.transform_block_layout(block_rv, tirx.IndexMap(iter_vars, index, None))
+    except ScheduleError:
+        return None
+    return block_rv
+
+
 def tile_gemm(
     sch: Schedule,
     block: SBlockRV,
@@ -84,9 +130,11 @@ def tile_gemm(
     The m extent must be a multiple of tile.rows and n of 16 * tile.cols (pad in the compute
     definition). `prologue` blocks (operand packing) move under the parallel loop, so each
     thread packs the operands it then multiplies (a per-iteration workspace: worth it per
-    attention head, not per dense row block). An `epilogue` block reading the GEMM's output at
-    its own (m, n) (dense.flat_epilogue) moves under the row-block loop, after the GEMM: each
-    block of rows is requantized while its accumulators are still in cache. Returns the
+    attention head, not per dense row block). An `epilogue` block reading the GEMM's output
+    (epilogue_like_acc) moves under the parallel loop too, after the GEMM: each dense row
+    block, or attention head, is requantized while its accumulators are still in cache.
+    TVM moves a consumer only where all its producers are, so the epilogue may read nothing
+    the prologue computes (attention's correction term is a row of the GEMM). Returns the
     blocks that could not move (TVM's region analysis can refuse), for the caller to schedule
     on their own.
     """
@@ -109,7 +157,7 @@ def tile_gemm(
             unmoved.append(stage)
     if epilogue is not None:
         try:  # before decompose_reduction and tensorize: TVM refuses it after them
-            sch.reverse_compute_at(epilogue, mo)
+            sch.reverse_compute_at(epilogue, outer)
         except ScheduleError:
             unmoved.append(epilogue)
     sch.parallel(outer)
@@ -123,3 +171,17 @@ def tile_gemm(
     if intrin:
         sch.tensorize(ni, intrin)
     return unmoved
+
+
+def vectorize_epilogue(sch: Schedule, epilogue: SBlockRV | None, unmoved: list[SBlockRV],
+                       vector_bytes: int) -> set[str]:
+    """Vectorize the innermost loop of an epilogue tile_gemm moved (where its extent is a
+    multiple of the lanes; else LLVM's loop vectorizer takes it, tail included); returns its
+    name to claim, or nothing when it did not move (the generic schedule takes it)."""
+    if epilogue is None or epilogue in unmoved:
+        return set()
+    columns = sch.get_loops(epilogue)[-1]
+    lanes, extent = vector_lanes(sch, epilogue, vector_bytes), sch.get(columns).extent
+    if isinstance(extent, tirx.IntImm) and int(extent) % lanes == 0:
+        sch.vectorize(sch.split(columns, [None, lanes])[-1])
+    return {sch.get(epilogue).name_hint}

@@ -6,7 +6,8 @@ epilogue) whose operands share their batch axes and have static matrix extents i
 
 - q @ k^T, int8 x int8 (transpose_b): the dense's trick per head,
       acc[i, j] = sum_c (q[i, c] + 128) * k[j, c]   (vpdpbusd, k packed [T/16, d/4, 16, 4])
-      out[i, j] = acc[i, j] - 128 * sum_c k[j, c]
+      acc[s, j] = sum_c 128 * k[j, c]              (the last padded row s: all 128)
+      out[i, j] = acc[i, j] - acc[s, j]
   or, where the ISA has no uint8 x int8 instruction (AVX2: vpmaddwd), both widened to int16,
       out[i, j] = sum_c q[i, c] * k[j, c]           (k widened, packed [T/16, d/2, 16, 2])
 - probabilities @ v, int16 (or int8) x int8: vpdpwssd / vpmaddwd on int16 pairs,
@@ -37,13 +38,14 @@ from ivit_tvm.ops import names
 from ivit_tvm.ops.tir_query import find_block
 
 from .dense import MAX_REDUCE
-from .gemm import choose_tile, tile_gemm
+from .gemm import blocks_after, choose_tile, epilogue_like_acc, tile_gemm, vectorize_epilogue
 from .isa import SHIFT, GemmPath
 from .splice import rebuild, splice
 from .vnni import K_GROUP, K_GROUP_I16, LANES
 
 MATMUL_BLOCK = names.BATCH_MATMUL_ACC_BLOCK  # ops.integer_batch_matmul's reduction
-QK_BLOCKS = ("qk_shift", "qk_pack", "qk_acc")  # qk_sum (read by the epilogue) is generic
+QK_BLOCKS = ("qk_shift", "qk_pack", "qk_acc")
+SUM_ROWS = 1  # q @ k^T: the shifted operand's last row is all 128 (see packed_qk)
 QK16_BLOCKS = ("qk_widen", "qk_pack16", "qk16_acc")  # the widened (int16) form
 PV_BLOCKS = ("pv_pad", "pv_pack", "pv_acc")
 KIND_BLOCKS = {"qk": QK_BLOCKS, "qk16": QK16_BLOCKS, "pv": PV_BLOCKS}
@@ -60,18 +62,22 @@ def _static(*extents) -> list[int]:
 # ---- compute definitions -----------------------------------------------------------------------
 def packed_qk(q: te.Tensor, k: te.Tensor, vector_bytes: int = 64) -> te.Tensor:
     """q (..., T, d) int8 @ k (..., T2, d)^T int8 -> (..., T, T2) int32, uint8 x int8 (see the
-    module)."""
+    module). The last row of the shifted operand is all 128, so the GEMM's own last row is
+    the correction 128 * sum_c k[j, c] that the output subtracts."""
     *batch, rows, depth = q.shape
     rows, depth, cols = _static(rows, depth, k.shape[-2])
     tile = choose_tile(_ceil(cols, LANES) // LANES, K_GROUP, vector_bytes)
-    rows_p, depth_p, cols_p = _ceil(rows, tile.rows), _ceil(depth, K_GROUP), _ceil(cols, LANES)
+    rows_p, depth_p = _ceil(rows + SUM_ROWS, tile.rows), _ceil(depth, K_GROUP)
+    cols_p = _ceil(cols, LANES)
+    sum_row = rows_p - SUM_ROWS
 
     def shifted(*index):
         *b, i, c = index
         value = q[(*b, tirx.min(i, rows - 1), tirx.min(c, depth - 1))]
         value = (value.astype("int32") + SHIFT).astype("uint8")
-        shift_of_zero = tirx.const(SHIFT, "uint8")
-        return value if depth == depth_p else tirx.if_then_else(c < depth, value, shift_of_zero)
+        shift_of_zero = tirx.const(SHIFT, "uint8")  # also the sum row's value
+        inside = tirx.all(i < sum_row, c < depth) if depth != depth_p else i < sum_row
+        return tirx.if_then_else(inside, value, shift_of_zero)
 
     def packed(*index):
         *b, jt, ct, ji, ci = index
@@ -83,10 +89,6 @@ def packed_qk(q: te.Tensor, k: te.Tensor, vector_bytes: int = 64) -> te.Tensor:
     k_packed = te.compute(
         (*batch, cols_p // LANES, depth_p // K_GROUP, LANES, K_GROUP), packed, name="qk_pack"
     )  # int8, zero padded
-    c = te.reduce_axis((0, depth), name="c")
-    k_sum = te.compute(
-        (*batch, cols), lambda *b: te.sum(k[(*b, c)].astype("int32"), axis=c), name="qk_sum"
-    )  # (..., T2) int32
     r = te.reduce_axis((0, depth_p), name="r")
     acc = te.compute(
         (*batch, rows_p, cols_p),
@@ -98,10 +100,10 @@ def packed_qk(q: te.Tensor, k: te.Tensor, vector_bytes: int = 64) -> te.Tensor:
             axis=r,
         ),
         name="qk_acc",
-    )  # (..., Tp, T2p) int32
+    )  # (..., Tp, T2p) int32; the last row: 128 * sum_c k[j, c], |.| <= 2**14 * d
     return te.compute(
         (*batch, rows, cols),
-        lambda *index: acc[index] - SHIFT * k_sum[(*index[:-2], index[-1])],
+        lambda *index: acc[index] - acc[(*index[:-2], sum_row, index[-1])],
         name="qk_out",
     )  # (..., T, T2) int32
 
@@ -224,38 +226,44 @@ def rewrite_matmul(func: tirx.PrimFunc, kind: str, vector_bytes: int = 64) -> ti
 
 
 # ---- schedules ----------------------------------------------------------------------------------
-def schedule_packed_attention(sch: Schedule, kind: str, path: GemmPath) -> None:
+def inline_layout(sch: Schedule, first_stage: str) -> None:
+    """Inline the head split schedules.fold_layout folded into the kernel (reshape,
+    strided_slice, transpose before the packing: the packing stages then read the qkv tensor
+    itself); blocks that cannot be inlined stay for the generic schedule. (The head merge
+    after the GEMM is inlined into the requantize by gemm.epilogue_like_acc.)"""
+    root = [sch.get(rv).name_hint for rv in sch.get_child_blocks(sch.get_sblock("root"))]
+    for name in reversed(root[: root.index(first_stage)]):
+        try:
+            sch.compute_inline(sch.get_sblock(name))
+        except ScheduleError:
+            continue
+
+
+def schedule_packed_attention(sch: Schedule, kind: str, path: GemmPath) -> set[str]:
     """The rewritten qk / qk16 / pv kernel: per head, pack on the thread, then the tiled GEMM
-    on the path's intrinsic for the packed operand's dtype.
+    on the path's intrinsic for the packed operand's dtype, its epilogue (requantize, the head
+    merge) per head right after it (gemm.epilogue_like_acc). Returns the names of the blocks
+    it scheduled.
 
     (On isa "generic" the pipeline keeps the plain batch matmul: a vectorized loop over these
     packed operands is 2-4x slower than schedule_batch_matmul's.)"""
     *prologue, acc_name = KIND_BLOCKS[kind]
-    inline_layout(sch, prologue[0], acc_name)
+    inline_layout(sch, prologue[0])
     acc = sch.get_sblock(acc_name)
     n_tiles = int(sch.get(sch.get_loops(acc)[-2]).extent) // LANES
     operand, packed = (region.source.ty for region in sch.get(acc).reads)
     group, intrin = int(packed.shape[-1]), path.intrinsic(str(operand.dtype))
     stages = tuple(sch.get_sblock(name) for name in prologue)
     tile = choose_tile(n_tiles, group, path.vector_bytes)
-    for stage in tile_gemm(sch, acc, tile, intrin, prologue=stages):
-        *outer, inner = sch.get_loops(stage)  # could not move under the head loop
+    epilogue = epilogue_like_acc(sch, acc, blocks_after(sch, acc_name))
+    unmoved = tile_gemm(sch, acc, tile, intrin, prologue=stages, epilogue=epilogue)
+    for stage in unmoved:  # could not move under the head loop
+        if stage is epilogue:
+            continue
+        *outer, inner = sch.get_loops(stage)
         sch.parallel(sch.fuse(*outer))
         sch.vectorize(inner)
-
-
-def inline_layout(sch: Schedule, first_stage: str, acc_name: str) -> None:
-    """Inline what schedules.fold_layout folded into the kernel: the head split before the
-    packing (reshape, strided_slice, transpose: the packing stages then read the qkv tensor
-    itself) and the head merge after the GEMM (transpose, reshape, into the requantize that
-    writes the output); blocks that cannot be inlined stay for the generic schedule."""
-    root = [sch.get(rv).name_hint for rv in sch.get_child_blocks(sch.get_sblock("root"))]
-    start, acc = root.index(first_stage), root.index(acc_name)
-    for name in [*reversed(root[:start]), *root[acc + 1 : -1]]:
-        try:
-            sch.compute_inline(sch.get_sblock(name))
-        except ScheduleError:
-            continue
+    return {*prologue, acc_name} | vectorize_epilogue(sch, epilogue, unmoved, path.vector_bytes)
 
 
 def schedule_batch_matmul(sch: Schedule, vector_bytes: int) -> None:

@@ -90,9 +90,7 @@ class PackedAttention(CPURule):
         return self._kind(sch) is not None
 
     def apply(self, sch: Schedule, caps: Capabilities, claimed: Set[str]) -> set[str]:
-        kind = self._kind(sch)
-        matmul.schedule_packed_attention(sch, kind, gemm_path(caps))
-        return set(matmul.KIND_BLOCKS[kind])
+        return matmul.schedule_packed_attention(sch, self._kind(sch), gemm_path(caps))
 
 
 class ByteLookup(CPURule):

@@ -162,3 +162,20 @@ def test_drop_index_wraps_uses_an_if_then_else_condition():
     func = sch.mod["main"]
     assert _symbolic_wraps(func) >= 1
     assert _symbolic_wraps(drop_index_wraps(func)) == 0
+
+
+def test_deit_attention_epilogues_run_per_head():
+    """p @ V's requantize (with the head merge) runs under the head loop, right after that
+    head's GEMM: the kernel is one loop nest. q @ k^T has no separate column-sum stage (its
+    correction is a row of the GEMM, matmul.packed_qk): packing and GEMM are one nest, the
+    requantize the other."""
+    funcs = prim_funcs(scheduled(DEIT))
+    pv = [f for name, f in funcs.items() if "_heads" in name and "pv_acc_init" in block_names(f)]
+    qk = [f for name, f in funcs.items() if "_heads" in name and "qk_acc_init" in block_names(f)]
+    assert pv and qk
+    for func in pv:
+        (nest,) = [block_names(n) for n in root_nests(func)]
+        assert nest[-1] == "requantize", nest
+    for func in qk:
+        nests = [block_names(n) for n in root_nests(func)]
+        assert len(nests) == 2 and nests[-1] == ["requantize"], nests
