@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import tvm
 from tvm import tirx
 from tvm.ir.prim import expr_deep_equal
 from tvm.s_tir import Schedule
@@ -81,6 +82,27 @@ def blocks_after(sch: Schedule, name: str) -> list[str]:
     return names[names.index(name) + 1 :]
 
 
+def _covers_acc(block, index: list, acc_buffer) -> bool:
+    """Whether each accumulator axis the epilogue reads through arithmetic (attention's head
+    merge: n // d, n % d) spans exactly that axis's extent. Where it spans less (head_dim 24 in
+    columns padded to 32), reverse_compute_at in TVM 0.27 derives a wrong loop nest from the
+    padded region (8 of 24 columns, two heads); an axis read at a bare iterator (the padded
+    rows), or the dense's flattened rows (symbolic, b * T + t, whose inverse TVM simplifies),
+    is fine: its padding becomes a predicate."""
+    analyzer = tvm.sym.Analyzer()
+    iter_vars = [iv.var for iv in block.iter_vars]
+    for iv in block.iter_vars:
+        analyzer.bind(iv.var, iv.dom)
+    for expr, extent in zip(index, acc_buffer.ty.shape, strict=True):
+        expr = analyzer.simplify(expr)
+        if any(expr.same_as(v) for v in iter_vars) or not isinstance(extent, tirx.IntImm):
+            continue  # a symbolic extent: the dense's flattened rows, b * T + t (exact inverse)
+        bound = analyzer.const_int_bound(expr)
+        if int(bound.min_value) != 0 or int(bound.max_value) + 1 != int(extent):
+            return False
+    return True
+
+
 def epilogue_like_acc(sch: Schedule, acc: SBlockRV, after: list[str]) -> SBlockRV | None:
     """The blocks `after` the GEMM (its epilogue: corr, bias, requantize, residual add, the
     head merge; root blocks in program order) inlined into the last, whose iteration is then
@@ -108,6 +130,8 @@ def epilogue_like_acc(sch: Schedule, acc: SBlockRV, after: list[str]) -> SBlockR
         identity = len(index) == len(iter_vars) and all(
             expr_deep_equal(i, v) for i, v in zip(index, iter_vars, strict=True))
         if not one_index:  # TVM 0.27 cannot move it (reverse_compute_at fails on its region)
+            return None
+        if not _covers_acc(block, index, acc_buffer):
             return None
         if not identity:
             sch.transform_block_layout(block_rv, tirx.IndexMap(iter_vars, index, None))
