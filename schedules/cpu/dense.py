@@ -126,7 +126,8 @@ def schedule_packed_dense(sch: Schedule, path: GemmPath) -> set[str]:
     tile = choose_tile(n_tiles, group, path.vector_bytes)
     intrin = path.intrinsic(str(operand.dtype)) if group > 1 else None
     epilogue = epilogue_like_acc(sch, acc, blocks_after(sch, ACC_BLOCK))
-    unmoved = tile_gemm(sch, acc, tile, intrin, K_BLOCK, epilogue=epilogue)
+    unmoved = tile_gemm(sch, acc, tile, intrin, K_BLOCK,
+                        epilogue=[epilogue] if epilogue is not None else [])
     scheduled = {ACC_BLOCK, SHIFT_BLOCK}
     scheduled |= vectorize_epilogue(sch, epilogue, unmoved, path.vector_bytes)
     rows, reduce = sch.get_loops(sch.get_sblock(SHIFT_BLOCK))

@@ -17,6 +17,7 @@ the 16-lane step is a plain vectorized loop, unrolled over g.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import tvm
@@ -109,9 +110,9 @@ def epilogue_like_acc(sch: Schedule, acc: SBlockRV, after: list[str]) -> SBlockR
     laid out as the accumulator index it reads (the dense's (batch, tokens, n) becomes the
     flat row (b * T + t, n); attention's merged (b, t, h * d + c) becomes (b, h, t, c)), so
     that tile_gemm can compute it per row block while the accumulators are in cache. None
-    where the epilogue is not one injective chain reading the accumulator at one index (q @
-    k^T's reads its correction row too: TVM's region analysis then fails inside
-    reverse_compute_at); the generic schedule takes what is left of it."""
+    where the epilogue is not one injective chain reading the accumulator at one index (TVM's
+    region analysis fails inside reverse_compute_at on two: q @ k^T's correction row is copied
+    out by a stage of its own, matmul.QK_COLSUM); the generic schedule takes what is left."""
     if not after:
         return None
     *chain, last = after
@@ -147,18 +148,19 @@ def tile_gemm(
     intrin: str | None,
     k_block: int | None = None,
     prologue: tuple[SBlockRV, ...] = (),
-    epilogue: SBlockRV | None = None,
+    epilogue: Sequence[SBlockRV] = (),
 ) -> list[SBlockRV]:
     """Tile the GEMM block (see the module).
 
     The m extent must be a multiple of tile.rows and n of 16 * tile.cols (pad in the compute
     definition). `prologue` blocks (operand packing) move under the parallel loop, so each
     thread packs the operands it then multiplies (a per-iteration workspace: worth it per
-    attention head, not per dense row block). An `epilogue` block reading the GEMM's output
-    (epilogue_like_acc) moves under the parallel loop too, after the GEMM: each dense row
+    attention head, not per dense row block). The `epilogue` blocks reading the GEMM's output
+    (epilogue_like_acc) move under the parallel loop too, in order, after the GEMM: each dense row
     block, or attention head, is requantized while its accumulators are still in cache.
     TVM moves a consumer only where all its producers are, so the epilogue may read nothing
-    the prologue computes (attention's correction term is a row of the GEMM). Returns the
+    the prologue computes (attention's correction term is a row of the GEMM, copied out by an
+    earlier epilogue block). Returns the
     blocks that could not move (TVM's region analysis can refuse), for the caller to schedule
     on their own.
     """
@@ -179,11 +181,11 @@ def tile_gemm(
             sch.compute_at(stage, outer)
         except ScheduleError:
             unmoved.append(stage)
-    if epilogue is not None:
+    for stage in epilogue:
         try:  # before decompose_reduction and tensorize: TVM refuses it after them
-            sch.reverse_compute_at(epilogue, outer)
+            sch.reverse_compute_at(stage, outer)
         except ScheduleError:
-            unmoved.append(epilogue)
+            unmoved.append(stage)
     sch.parallel(outer)
     sch.unroll(mi)
     sch.unroll(nb)

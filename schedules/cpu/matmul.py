@@ -7,7 +7,7 @@ epilogue) whose operands share their batch axes and have static matrix extents i
 - q @ k^T, int8 x int8 (transpose_b): the dense's trick per head,
       acc[i, j] = sum_c (q[i, c] + 128) * k[j, c]   (vpdpbusd, k packed [T/16, d/4, 16, 4])
       acc[s, j] = sum_c 128 * k[j, c]              (the last padded row s: all 128)
-      out[i, j] = acc[i, j] - acc[s, j]
+      out[i, j] = acc[i, j] - sums[j]              (sums[j] = acc[s, j], copied per head)
   or, where the ISA has no uint8 x int8 instruction (AVX2: vpmaddwd), both widened to int16,
       out[i, j] = sum_c q[i, c] * k[j, c]           (k widened, packed [T/16, d/2, 16, 2])
 - probabilities @ v, int16 (or int8) x int8: vpdpwssd / vpmaddwd on int16 pairs,
@@ -46,6 +46,7 @@ from .vnni import K_GROUP, K_GROUP_I16, LANES
 MATMUL_BLOCK = names.BATCH_MATMUL_ACC_BLOCK  # ops.integer_batch_matmul's reduction
 QK_BLOCKS = ("qk_shift", "qk_pack", "qk_acc")
 SUM_ROWS = 1  # q @ k^T: the shifted operand's last row is all 128 (see packed_qk)
+QK_COLSUM = "qk_colsum"  # that row of the GEMM copied out, read by the epilogue
 QK16_BLOCKS = ("qk_widen", "qk_pack16", "qk16_acc")  # the widened (int16) form
 PV_BLOCKS = ("pv_pad", "pv_pack", "pv_acc")
 KIND_BLOCKS = {"qk": QK_BLOCKS, "qk16": QK16_BLOCKS, "pv": PV_BLOCKS}
@@ -101,9 +102,12 @@ def packed_qk(q: te.Tensor, k: te.Tensor, vector_bytes: int = 64) -> te.Tensor:
         ),
         name="qk_acc",
     )  # (..., Tp, T2p) int32; the last row: 128 * sum_c k[j, c], |.| <= 2**14 * d
+    column_sums = te.compute(
+        (*batch, cols), lambda *index: acc[(*index[:-1], sum_row, index[-1])], name=QK_COLSUM
+    )  # (..., T2) int32: the sum row on its own, so the epilogue reads acc at one index
     return te.compute(
         (*batch, rows, cols),
-        lambda *index: acc[index] - acc[(*index[:-2], sum_row, index[-1])],
+        lambda *index: acc[index] - column_sums[(*index[:-2], index[-1])],
         name="qk_out",
     )  # (..., T, T2) int32
 
@@ -255,15 +259,20 @@ def schedule_packed_attention(sch: Schedule, kind: str, path: GemmPath) -> set[s
     group, intrin = int(packed.shape[-1]), path.intrinsic(str(operand.dtype))
     stages = tuple(sch.get_sblock(name) for name in prologue)
     tile = choose_tile(n_tiles, group, path.vector_bytes)
-    epilogue = epilogue_like_acc(sch, acc, blocks_after(sch, acc_name))
-    unmoved = tile_gemm(sch, acc, tile, intrin, prologue=stages, epilogue=epilogue)
+    after = blocks_after(sch, acc_name)
+    sums = [name for name in after if name == QK_COLSUM]
+    epilogue = epilogue_like_acc(sch, acc, [name for name in after if name not in sums])
+    # the column sums move first: TVM moves the epilogue only where all its producers are
+    moved = [*(sch.get_sblock(name) for name in sums), epilogue] if epilogue is not None else []
+    unmoved = tile_gemm(sch, acc, tile, intrin, prologue=stages, epilogue=moved)
     for stage in unmoved:  # could not move under the head loop
-        if stage is epilogue:
+        if stage in moved:
             continue
         *outer, inner = sch.get_loops(stage)
         sch.parallel(sch.fuse(*outer))
         sch.vectorize(inner)
-    return {*prologue, acc_name} | vectorize_epilogue(sch, epilogue, unmoved, path.vector_bytes)
+    claimed = {*prologue, acc_name, *(sums if moved and moved[0] not in unmoved else ())}
+    return claimed | vectorize_epilogue(sch, epilogue, unmoved, path.vector_bytes)
 
 
 def schedule_batch_matmul(sch: Schedule, vector_bytes: int) -> None:

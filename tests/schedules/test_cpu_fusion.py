@@ -166,20 +166,19 @@ def test_drop_index_wraps_uses_an_if_then_else_condition():
 
 
 def test_deit_attention_epilogues_run_per_head():
-    """p @ V's requantize (with the head merge) runs under the head loop, right after that
-    head's GEMM: the kernel is one loop nest. q @ k^T has no separate column-sum stage (its
-    correction is a row of the GEMM, matmul.packed_qk): packing and GEMM are one nest, the
-    requantize the other."""
+    """Both attention kernels are one loop nest: per head, the packing, the GEMM, then the
+    requantize (p @ V's with the head merge). q @ k^T's correction is a row of its GEMM
+    (matmul.packed_qk), copied out per head before the requantize reads it."""
     funcs = prim_funcs(scheduled(DEIT))
     pv = [f for name, f in funcs.items() if "_heads" in name and "pv_acc_init" in block_names(f)]
     qk = [f for name, f in funcs.items() if "_heads" in name and "qk_acc_init" in block_names(f)]
     assert pv and qk
-    for func in pv:
+    for func in pv + qk:
         (nest,) = [block_names(n) for n in root_nests(func)]
         assert nest[-1] == "requantize", nest
     for func in qk:
-        nests = [block_names(n) for n in root_nests(func)]
-        assert len(nests) == 2 and nests[-1] == ["requantize"], nests
+        (nest,) = [block_names(n) for n in root_nests(func)]
+        assert nest[-2] == "qk_colsum", nest
 
 
 def test_head_dim_not_a_multiple_of_16_stays_exact():
