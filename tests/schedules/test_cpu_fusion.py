@@ -1,5 +1,5 @@
 """schedules.cpu: what the CPU kernels fuse. Each dense GEMM's epilogue (requantize, residual
-add) runs per row block right after the GEMM (dense.flat_epilogue); attention's head split and
+add) runs per row block right after the GEMM (gemm.epilogue_like_acc); attention's head split and
 merge fold into its matmul kernels (schedules.fold_layout, inlined by matmul.inline_layout);
 reshape's division by the symbolic batch inside a folded kernel is dropped
 (tir_rewrite.drop_index_wraps). Bit-exactness of the models built this way is
