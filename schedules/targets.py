@@ -46,6 +46,7 @@ class Capabilities:
     # without it (AVX2, CUDA) the int32 one wins 2-2.4x (ops/integer.py, `narrow_exp`).
     int64_vectors: bool = False
     byte_permute: bool = False  # llvm: AVX512-VBMI's vpermi2b (ShiftGELU's table lookup)
+    word_permute: bool = False  # llvm: AVX512-BW's vpermi2w (Shiftmax's exponential table)
     cuda_arch: str | None = None  # cuda: "sm_XY"
     # cuda sm_80+: int8 tensor cores (mma.sync .s8/.u8); int16 x int8 matmuls are lowered as
     # two 8-bit GEMMs there (frontend byte_products), elsewhere as one int16 x int8 loop
@@ -146,7 +147,8 @@ def llvm_capabilities(target: tvm.target.Target) -> Capabilities:
     width = next((w for f, w in VECTOR_FEATURES if has(f)), 16)
     isa = next((name for name, needs in ISA_FEATURES if all(map(has, needs))), GENERIC_ISA)
     return Capabilities(vnni=vnni, vector_bytes=width, isa=isa,
-                        int64_vectors=has("avx512dq"), byte_permute=has("avx512vbmi"))
+                        int64_vectors=has("avx512dq"), byte_permute=has("avx512vbmi"),
+                        word_permute=has("avx512bw"))
 
 
 def cuda_capabilities(target: tvm.target.Target) -> Capabilities:

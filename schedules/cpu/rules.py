@@ -22,6 +22,7 @@ from . import dense, float_dense, lookup, matmul
 from .division import rewrite_divisions
 from .generic import schedule_generic
 from .isa import gemm_path
+from .rounding import rewrite_rounding_shifts
 
 
 def _block(sch: Schedule, name: str) -> SBlock | None:
@@ -110,6 +111,21 @@ class ByteLookup(CPURule):
         return lookup.vectorize_lookup(func) if caps.byte_permute else func
 
 
+class ExpLookup(CPURule):
+    """Shiftmax's unmasked table exponential on CPUs with AVX512-BW: vpermi2w from the table's
+    16-bit halves in registers (lookup.py) instead of LLVM's gather. The generic rule schedules
+    the kernel; the lookup is rewritten afterwards."""
+
+    def match(self, sch: Schedule) -> bool:
+        return lookup.exp_lookup_applies(sch.mod["main"])
+
+    def apply(self, sch: Schedule, caps: Capabilities, claimed: Set[str]) -> set[str]:
+        return set()
+
+    def finish(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
+        return lookup.vectorize_exp_lookup(func) if caps.word_permute else func
+
+
 class BatchMatmul(CPURule):
     """ops.integer_batch_matmul's reduction, when PackedAttention left it as it is."""
 
@@ -145,10 +161,14 @@ class FloatBatchMatmul(CPURule):
 
 
 class Generic(CPURule):
-    """Everything else (generic.py); its rewrite makes int64 divisions vectorizable."""
+    """Everything else (generic.py); its rewrite makes int64 divisions vectorizable, its finish
+    takes the rounding shifts that are exact in float64 there (rounding.py), in every kernel."""
 
     def rewrite(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
         return rewrite_divisions(func)
+
+    def finish(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
+        return rewrite_rounding_shifts(func)  # after inlining: the epilogues' bounds show
 
     def match(self, sch: Schedule) -> bool:
         return True
@@ -160,6 +180,6 @@ class Generic(CPURule):
 
 # In this order: the GEMM rules claim their blocks before the generic rule runs.
 CPU_RULES: tuple[CPURule, ...] = (
-    PackedDense(), PackedAttention(), ByteLookup(), BatchMatmul(), FloatDense(),
+    PackedDense(), PackedAttention(), ByteLookup(), ExpLookup(), BatchMatmul(), FloatDense(),
     FloatBatchMatmul(), Generic(),
 )

@@ -8,46 +8,26 @@ multiples of the 8-row block)."""
 
 from __future__ import annotations
 
-import functools
 import re
 
 import numpy as np
 import pytest
 import tvm
 import tvm_ffi
-from ivit_tvm.schedules.backend import get_backend
 from ivit_tvm.schedules.cpu import dense
-from ivit_tvm.schedules.cpu.packing import pack_dense_gemms
-from ivit_tvm.schedules.cpu.pipeline import cpu_pipeline, schedule_cpu
-from ivit_tvm.schedules.fold_layout import fusion_passes
+from ivit_tvm.schedules.cpu.pipeline import cpu_pipeline
 from ivit_tvm.schedules.tir_rewrite import drop_index_wraps
+from scheduled_models import HOST, prim_funcs, scheduled
 from support import DEIT, SWIN, images, quantized
 from tvm import relax, te, tirx, topi
 from tvm.s_tir import Schedule
-from tvm.target import codegen
 
-from ivit_tvm.compile import apply_graph_passes, lower_model
+from ivit_tvm.compile import lower_model
 from ivit_tvm.models import model_config
 from ivit_tvm.ops.tir_query import block_names, root_nests
 
-HOST = get_backend("llvm").resolve(tvm.target.Target(
-    {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": 2}
-))
 LAYOUT_KERNEL = re.compile(r"(transpose|strided_slice)\d*")  # reshapes become views later
 LAYOUT_BLOCK = re.compile(r"T_(transpose|reshape|strided_slice)\w*")
-
-
-@functools.cache
-def scheduled(config) -> tvm.IRModule:
-    """The module as cpu_pipeline has it after ScheduleCPU (before TVM's lowering)."""
-    mod = apply_graph_passes(lower_model(quantized(config), HOST)).mod
-    with HOST.target:
-        passes = [*fusion_passes(), pack_dense_gemms(HOST.caps), schedule_cpu(HOST.caps)]
-        return tvm.transform.Sequential(passes)(mod)
-
-
-def prim_funcs(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
-    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 
 def calls(mod: tvm.IRModule) -> list[str]:
@@ -193,3 +173,32 @@ def test_head_dim_not_a_multiple_of_16_stays_exact():
     x = images(config, seed=5, batch=3)
     logits = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()))
     np.testing.assert_array_equal(logits.numpy(), model.forward_integer(x)[0].numpy())
+
+
+def _span_loops(func, annotation: str, prefix: str) -> list[tuple[int, int]]:
+    """(min, extent) of each loop right around a block carrying `annotation` (named prefix*)."""
+    extents = []
+
+    def visit(loop):
+        body = loop.body
+        if isinstance(body, tvm.s_tir.SBlockRealize) and annotation in body.block.annotations:
+            assert body.block.name_hint.startswith(prefix)
+            extents.append((int(loop.min), int(loop.extent)))
+
+    tvm_ffi.structural_walk(func, (tirx.For, visit))
+    return extents
+
+
+def test_pv_pad_copy_is_split_at_the_token_count():
+    """p @ V pads p's columns to whole int16 pairs (197 -> 198) by a clamped read; its copy loop
+    is partitioned at the token count (matmul.INNER_SPAN), so the main part reads p at an
+    affine column and the clamp leaves it (a third of the kernel's time when every element
+    took a scalar load)."""
+    from ivit_tvm.schedules.cpu.matmul import INNER_SPAN, PV_BLOCKS
+
+    tokens = (DEIT.img_size // DEIT.patch_size) ** 2 + 1
+    pv = [f for name, f in prim_funcs(scheduled(DEIT)).items() if "pv_acc_init" in block_names(f)]
+    assert pv
+    for func in pv:
+        extents = _span_loops(func, INNER_SPAN, PV_BLOCKS[0])
+        assert extents == [(0, tokens), (tokens, 1)], extents

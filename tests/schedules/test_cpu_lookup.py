@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import tvm
 from ivit_tvm.schedules.backend import get_backend
 from ivit_tvm.schedules.cpu import lookup
@@ -15,6 +16,8 @@ from tvm import relax
 from tvm.target import codegen
 
 from ivit_tvm import ops
+from ivit_tvm.quant import functional as F
+from ivit_tvm.quant.fast import exp_table
 
 LLVM = get_backend("llvm")
 HOST = LLVM.resolve(tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}))
@@ -94,3 +97,63 @@ def test_gather_loop_elsewhere_is_exact(channels, table_dtype, target):
     if target is AVX2 and HOST.caps.vector_bytes < 32:
         pytest.skip("this CPU has no AVX2: built and read, not run")
     check(executable, channels, table_dtype, seed=channels)
+
+
+# ---- Shiftmax's exponential table as vpermi2w (lookup.vectorize_exp_lookup) -------------------
+needs_bw = pytest.mark.skipif(not HOST.caps.word_permute, reason="this CPU has no AVX512-BW")
+
+
+def shiftmax_func(length: int, x0: int) -> tvm.tirx.PrimFunc:
+    """ops.shiftmax with the frontend's exp table: symbolic batch, (batch, 3, length, length)."""
+    bb = relax.BlockBuilder()
+    batch = tvm.tirx.Var("batch", "int64")
+    q = relax.Var("q", relax.TensorType((batch, 3, length, length), "int8"))
+    table = relax.Var("table", relax.TensorType((256,), "int32"))
+    with bb.function("main", [q, table]):
+        bb.emit_func_output(bb.emit_te(lambda q_t, table_t: ops.shiftmax(
+            q_t, x0, 16, exp_table=table_t), q, table, primfunc_name_hint="kernel"))
+    return bb.get()["kernel"]
+
+
+def logits(length: int, seed: int) -> np.ndarray:
+    """(2, 3, N, N) int8: random rows, then rows that reach both ends of the table's index
+    ((x + 255) & 255 over x = q - max in [-255, 0]): all equal, -128 beside 127, one-hot."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-128, 128, (2, 3, length, length)).astype(np.int8)
+    q[0, 0, 0] = -128
+    q[0, 0, 1] = 127
+    q[0, 0, 2] = np.where(np.arange(length) % 2, -128, 127)
+    q[0, 0, 3] = -128
+    q[0, 0, 3, length - 1] = 127  # the max in the scalar tail (or the last lane)
+    q[0, 1] = np.clip(q[0, 1], -128, -120)  # small spread: the table's last entries only
+    return q
+
+
+def check_shiftmax(func, target, length: int, x0: int, seed: int = 0) -> str:
+    executable = tvm.compile(func.with_attr("global_symbol", "main"), target=target.target)
+    q = logits(length, seed)
+    table = exp_table(x0, F.SHIFTMAX_N, 255).numpy()
+    out = tvm.runtime.tensor(np.zeros(q.shape, np.int16))
+    executable(tvm.runtime.tensor(q), tvm.runtime.tensor(table), out)
+    want = F.shiftmax(torch.from_numpy(q), x0, 16).numpy()
+    np.testing.assert_array_equal(out.numpy(), want)
+    return asm_of(executable)
+
+
+@needs_bw
+@pytest.mark.parametrize("length", [197, 49, 64, 32])
+@pytest.mark.parametrize("x0", [-20, -3])
+def test_exp_lookup_is_exact(length, x0):
+    func = schedule_primfunc(shiftmax_func(length, x0), HOST.caps)
+    asm = check_shiftmax(func, HOST, length, x0, seed=length)
+    assert "vpermi2w" in asm or "vpermt2w" in asm
+    assert "vpgatherdd" in asm if length % lookup.EXP_LANES else "vpgatherdd" not in asm
+
+
+def test_exp_lookup_only_with_word_permutes():
+    """AVX2 keeps the gather loop; rows shorter than the lanes keep it too."""
+    assert not AVX2.caps.word_permute and ZNVER4.caps.word_permute
+    for caps, length in ((AVX2.caps, 197), (ZNVER4.caps, 16)):
+        func = schedule_primfunc(shiftmax_func(length, -20), caps)
+        assert "vpermi2var.hi" not in func.script()
+    assert "vpermi2var.hi" in schedule_primfunc(shiftmax_func(197, -20), ZNVER4.caps).script()
