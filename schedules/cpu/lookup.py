@@ -116,8 +116,8 @@ def vectorize_lookup(func: tirx.PrimFunc) -> tirx.PrimFunc:
 #
 # (vpermi2w reads the low 6 bits of each index; bit 5 picks the first or second plane), about 4x
 # faster than the gather in a C model of the loop on Zen 4. The planes are loop-invariant loads of
-# the table (LLVM hoists them out of the row loop). Masked Shiftmax (Swin's shifted windows: the
-# exponential under a Select) keeps the gather.
+# the table (LLVM hoists them out of the row loop). Masked Shiftmax (Swin's shifted windows)
+# selects the masked logits' constant over the looked-up lanes.
 EXP_LANES = 32  # int16 lanes per zmm
 WORD_PERMUTE = "llvm.x86.avx512.vpermi2var.hi.512"  # <32 x i16> (table a, index, table b)
 PLANE_WORDS = 32  # table entries per plane register
@@ -134,9 +134,18 @@ def _uses(expr, var) -> bool:
     return any(v.same_as(var) for v in _vars_in(expr))
 
 
-def _exp_table_load(store: tirx.BufferStore):
-    """(table load, q load, row max load) of an unmasked table exponential, else None."""
-    value = store.value
+def _exp_parts(store: tirx.BufferStore):
+    """(table load, the two int8 loads in its index, mask) of Shiftmax's table exponential,
+    else None; mask: None, or (mask load, the masked logits' constant exponential) for
+    Select(mask != 0, constant, table[...]) (Swin's shifted windows)."""
+    value, mask = store.value, None
+    if isinstance(value, tirx.Select):
+        cond, masked, value = value.condition, value.true_value, value.false_value
+        if not (isinstance(cond, tirx.NE) and isinstance(cond.a, TensorLoad)
+                and isinstance(cond.b, tirx.IntImm) and int(cond.b) == 0
+                and isinstance(masked, tirx.IntImm)):
+            return None
+        mask = (cond.a, int(masked))
     if not isinstance(value, TensorLoad) or len(value.indices) != 1:
         return None
     table = value.source.ty
@@ -146,14 +155,14 @@ def _exp_table_load(store: tirx.BufferStore):
     tvm_ffi.structural_walk(value.indices[0], (TensorLoad, loads.append))
     if len(loads) != 2 or any(str(load.source.ty.dtype) != "int8" for load in loads):
         return None
-    return value, loads
+    return value, loads, mask
 
 
 def exp_lookup_applies(func: tirx.PrimFunc) -> bool:
-    """The kernel holds Shiftmax's unmasked table exponential (ops.shiftmax, exp_table)."""
+    """The kernel holds Shiftmax's table exponential (ops.shiftmax, exp_table)."""
     block = find_block(func, EXP_BLOCK)
     return block is not None and isinstance(block.body, tirx.BufferStore) and \
-        _exp_table_load(block.body) is not None
+        _exp_parts(block.body) is not None
 
 
 def _word_lookup(table: TensorLoad, index: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -187,55 +196,61 @@ def _word_lookup(table: TensorLoad, index: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 def _exp_steps(loop: tirx.For) -> tirx.Stmt:
-    """The exponential's loop (extent a multiple of EXP_LANES) as vector steps (see above)."""
+    """The exponential's row loop (extent >= EXP_LANES) as vector steps (see above): one per
+    EXP_LANES elements, and a last one ending at the row's end where the extent is not a
+    multiple (it recomputes a few elements of the step before it: the same values)."""
     realize = loop.body
     block = realize.block
     store = block.body
     binding = {iv.var: value for iv, value in zip(block.iter_vars, realize.iter_values,
                                                    strict=True)}
-    table, loads = _exp_table_load(store)
-    step = tirx.Var("step", loop.loop_var.ty.dtype)
-    first = loop.min + step * EXP_LANES
-    bound = {var: substitute(value, {loop.loop_var: first}) for var, value in binding.items()}
-
-    def at_first(expr):
-        return substitute(expr, bound)
-
-    def lanes(indices) -> list:
-        *lead, last = (at_first(i) for i in indices)
-        return [*lead, tirx.Ramp(last, 1, EXP_LANES)]
-
+    table, loads, mask = _exp_parts(store)
     (q_load,) = [load for load in loads
                  if any(_uses(substitute(i, binding), loop.loop_var) for i in load.indices)]
     (max_load,) = [load for load in loads if load is not q_load]
-    words = f"int16x{EXP_LANES}"
-    q = tirx.Cast(words, tirx.BufferLoad(q_load.source, lanes(q_load.indices)))
-    row_max = tirx.BufferLoad(max_load.source, [at_first(i) for i in max_load.indices])
-    span = tirx.Broadcast(tirx.IntImm("int16", TABLE_SPAN), EXP_LANES)
-    x = tirx.Sub(q, tirx.Broadcast(tirx.Cast("int16", row_max), EXP_LANES))  # in [-255, 255]
-    index = tirx.bitwise_and(tirx.Add(x, span), span)  # ops.shiftmax's (x + 255) & 255
-    vector = tirx.BufferStore(store.buffer, _word_lookup(table, index), lanes(store.indices))
-    return tirx.For(step, tirx.IntImm(step.ty.dtype, 0),
-                    tirx.IntImm(step.ty.dtype, int(loop.extent) // EXP_LANES),
-                    tirx.ForKind.SERIAL, vector)
+    words, extent = f"int16x{EXP_LANES}", int(loop.extent)
+
+    def step_at(first: tirx.PrimExpr) -> tirx.BufferStore:
+        bound = {var: substitute(value, {loop.loop_var: first})
+                 for var, value in binding.items()}
+
+        def lanes(indices) -> list:
+            *lead, last = (substitute(i, bound) for i in indices)
+            return [*lead, tirx.Ramp(last, 1, EXP_LANES)]
+
+        q = tirx.Cast(words, tirx.BufferLoad(q_load.source, lanes(q_load.indices)))
+        row_max = tirx.BufferLoad(max_load.source, [substitute(i, bound)
+                                                    for i in max_load.indices])
+        span = tirx.Broadcast(tirx.IntImm("int16", TABLE_SPAN), EXP_LANES)
+        x = tirx.Sub(q, tirx.Broadcast(tirx.Cast("int16", row_max), EXP_LANES))  # [-255, 255]
+        index = tirx.bitwise_and(tirx.Add(x, span), span)  # ops.shiftmax's (x + 255) & 255
+        value = _word_lookup(table, index)
+        if mask is not None:
+            load, masked = mask
+            flags = tirx.BufferLoad(load.source, lanes(load.indices))
+            zero = tirx.Broadcast(tirx.IntImm(str(load.source.ty.dtype), 0), EXP_LANES)
+            value = tirx.Select(tirx.NE(flags, zero),
+                                tirx.Broadcast(tirx.IntImm("int32", masked), EXP_LANES), value)
+        return tirx.BufferStore(store.buffer, value, lanes(store.indices))
+
+    dtype = loop.loop_var.ty.dtype
+    step = tirx.Var("step", dtype)
+    steps = tirx.For(step, tirx.IntImm(dtype, 0), tirx.IntImm(dtype, extent // EXP_LANES),
+                     tirx.ForKind.SERIAL, step_at(loop.min + step * EXP_LANES))
+    if extent % EXP_LANES == 0:
+        return steps
+    return tirx.SeqStmt([steps, step_at(loop.min + tirx.IntImm(dtype, extent - EXP_LANES))])
 
 
 def vectorize_exp_lookup(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """The scheduled Shiftmax kernel with its exponential's row loop in EXP_LANES-wide permute
-    steps (see above); a tail of fewer lanes stays the scalar loop (loop_partition)."""
-    sch = Schedule(func)
-    inner = sch.get_loops(sch.get_sblock(EXP_BLOCK))[-1]
-    extent = sch.get(inner).extent
-    if not isinstance(extent, tirx.IntImm) or int(extent) < EXP_LANES:
-        return func
-    main = int(extent) - int(extent) % EXP_LANES
-    if main < int(extent):
-        inner = sch.loop_partition(inner, [main, None])[0]
-    loop_var = sch.get(inner).loop_var
+    steps (see above); rows shorter than EXP_LANES keep the gather loop."""
 
     def post(node):
-        if isinstance(node, tirx.For) and node.loop_var.same_as(loop_var):
-            return _exp_steps(node)
-        return node
+        if not (isinstance(node, tirx.For) and isinstance(node.body, s_tir.SBlockRealize)
+                and node.body.block.name_hint == EXP_BLOCK
+                and isinstance(node.extent, tirx.IntImm) and int(node.extent) >= EXP_LANES):
+            return node
+        return _exp_steps(node)
 
-    return map_func(sch.mod["main"], post)
+    return map_func(func, post)

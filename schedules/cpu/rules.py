@@ -112,9 +112,9 @@ class ByteLookup(CPURule):
 
 
 class ExpLookup(CPURule):
-    """Shiftmax's unmasked table exponential on CPUs with AVX512-BW: vpermi2w from the table's
-    16-bit halves in registers (lookup.py) instead of LLVM's gather. The generic rule schedules
-    the kernel; the lookup is rewritten afterwards."""
+    """Shiftmax's table exponential (masked or not) on CPUs with AVX512-BW: vpermi2w from the
+    table's 16-bit halves in registers (lookup.py) instead of LLVM's gather. The generic rule
+    schedules the kernel; the lookup is rewritten afterwards."""
 
     def match(self, sch: Schedule) -> bool:
         return lookup.exp_lookup_applies(sch.mod["main"])

@@ -9,6 +9,7 @@ from ivit_tvm.schedules.cpu.rules import (
     CPU_RULES,
     BatchMatmul,
     ByteLookup,
+    ExpLookup,
     FloatBatchMatmul,
     FloatDense,
     Generic,
@@ -64,7 +65,7 @@ def test_llvm_resolve_keeps_the_given_target():
 
 def test_cpu_rules_run_gemms_first_and_generic_last():
     kinds = [type(rule) for rule in CPU_RULES]
-    assert kinds == [PackedDense, PackedAttention, ByteLookup, BatchMatmul, FloatDense,
+    assert kinds == [PackedDense, PackedAttention, ByteLookup, ExpLookup, BatchMatmul, FloatDense,
                      FloatBatchMatmul, Generic]
     assert get_backend("llvm").schedule_rules(make_target("llvm")) == list(CPU_RULES)
 

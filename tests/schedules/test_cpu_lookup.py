@@ -11,11 +11,14 @@ import torch
 import tvm
 from ivit_tvm.schedules.backend import get_backend
 from ivit_tvm.schedules.cpu import lookup
-from ivit_tvm.schedules.cpu.pipeline import schedule_primfunc
+from ivit_tvm.schedules.cpu.pipeline import cpu_pipeline, schedule_primfunc
+from support import images, quantized
 from tvm import relax
 from tvm.target import codegen
 
 from ivit_tvm import ops
+from ivit_tvm.compile import lower_model
+from ivit_tvm.models import model_config
 from ivit_tvm.quant import functional as F
 from ivit_tvm.quant.fast import exp_table
 
@@ -103,15 +106,23 @@ def test_gather_loop_elsewhere_is_exact(channels, table_dtype, target):
 needs_bw = pytest.mark.skipif(not HOST.caps.word_permute, reason="this CPU has no AVX512-BW")
 
 
-def shiftmax_func(length: int, x0: int) -> tvm.tirx.PrimFunc:
-    """ops.shiftmax with the frontend's exp table: symbolic batch, (batch, 3, length, length)."""
+def shiftmax_func(length: int, x0: int, masked: bool = False) -> tvm.tirx.PrimFunc:
+    """ops.shiftmax with the frontend's exp table: (batch, 3, length, length) logits, symbolic
+    batch; masked: Swin's window mask (2, length, length) int8 over a batch of windows."""
     bb = relax.BlockBuilder()
     batch = tvm.tirx.Var("batch", "int64")
     q = relax.Var("q", relax.TensorType((batch, 3, length, length), "int8"))
     table = relax.Var("table", relax.TensorType((256,), "int32"))
-    with bb.function("main", [q, table]):
-        bb.emit_func_output(bb.emit_te(lambda q_t, table_t: ops.shiftmax(
-            q_t, x0, 16, exp_table=table_t), q, table, primfunc_name_hint="kernel"))
+    mask = relax.Var("mask", relax.TensorType((2, length, length), "int8"))
+    with bb.function("main", [q, table, *([mask] if masked else [])]):
+        if masked:
+            out = bb.emit_te(lambda q_t, table_t, mask_t: ops.shiftmax(
+                q_t, x0, 16, mask=mask_t, window_mask=True, exp_table=table_t),
+                q, table, mask, primfunc_name_hint="kernel")
+        else:
+            out = bb.emit_te(lambda q_t, table_t: ops.shiftmax(q_t, x0, 16, exp_table=table_t),
+                             q, table, primfunc_name_hint="kernel")
+        bb.emit_func_output(out)
     return bb.get()["kernel"]
 
 
@@ -129,25 +140,38 @@ def logits(length: int, seed: int) -> np.ndarray:
     return q
 
 
-def check_shiftmax(func, target, length: int, x0: int, seed: int = 0) -> str:
+def check_shiftmax(func, target, length: int, x0: int, seed: int = 0,
+                   masked: bool = False) -> str:
     executable = tvm.compile(func.with_attr("global_symbol", "main"), target=target.target)
     q = logits(length, seed)
     table = exp_table(x0, F.SHIFTMAX_N, 255).numpy()
     out = tvm.runtime.tensor(np.zeros(q.shape, np.int16))
-    executable(tvm.runtime.tensor(q), tvm.runtime.tensor(table), out)
-    want = F.shiftmax(torch.from_numpy(q), x0, 16).numpy()
+    if masked:
+        mask = np.random.default_rng(seed + 1).random((2, length, length)) < 0.4
+        mask[0, 0, :] = True  # a fully masked row
+        mask[1, 1, : length // 2] = True
+        executable(tvm.runtime.tensor(q), tvm.runtime.tensor(table),
+                   tvm.runtime.tensor(mask.astype(np.int8)), out)
+        windows = torch.from_numpy(q).reshape(1, 2, 3, length, length)  # window w: mask w % 2
+        want = F.shiftmax(windows, x0, 16, mask=torch.from_numpy(mask)[None, :, None])
+        want = want.reshape(q.shape).numpy()
+    else:
+        executable(tvm.runtime.tensor(q), tvm.runtime.tensor(table), out)
+        want = F.shiftmax(torch.from_numpy(q), x0, 16).numpy()
     np.testing.assert_array_equal(out.numpy(), want)
     return asm_of(executable)
 
 
 @needs_bw
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "window-mask"])
 @pytest.mark.parametrize("length", [197, 49, 64, 32])
 @pytest.mark.parametrize("x0", [-20, -3])
-def test_exp_lookup_is_exact(length, x0):
-    func = schedule_primfunc(shiftmax_func(length, x0), HOST.caps)
-    asm = check_shiftmax(func, HOST, length, x0, seed=length)
+def test_exp_lookup_is_exact(length, x0, masked):
+    """Rows of 197 and 49 end in a step that overlaps the one before it; no gather is left."""
+    func = schedule_primfunc(shiftmax_func(length, x0, masked), HOST.caps)
+    asm = check_shiftmax(func, HOST, length, x0, seed=length, masked=masked)
     assert "vpermi2w" in asm or "vpermt2w" in asm
-    assert "vpgatherdd" in asm if length % lookup.EXP_LANES else "vpgatherdd" not in asm
+    assert "vpgatherdd" not in asm
 
 
 def test_exp_lookup_only_with_word_permutes():
@@ -157,3 +181,19 @@ def test_exp_lookup_only_with_word_permutes():
         func = schedule_primfunc(shiftmax_func(length, -20), caps)
         assert "vpermi2var.hi" not in func.script()
     assert "vpermi2var.hi" in schedule_primfunc(shiftmax_func(197, -20), ZNVER4.caps).script()
+
+
+@needs_bw
+def test_model_with_rows_past_the_lanes_stays_exact():
+    """A one-block DeiT of 50 tokens (the reduced test models have 17, under the 32 lanes):
+    its Shiftmax takes the permute steps (and an overlapping last one), bit-exact with the
+    integer reference at batch 2."""
+
+
+    config = model_config("deit_tiny", img_size=56, patch_size=8, depth=1, num_classes=10)
+    model = quantized(config)
+    ex = tvm.compile(lower_model(model, HOST).mod, target=HOST.target,
+                     relax_pipeline=cpu_pipeline(HOST))
+    x = images(config, seed=11, batch=2)
+    logits = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()))
+    np.testing.assert_array_equal(logits.numpy(), model.forward_integer(x)[0].numpy())
