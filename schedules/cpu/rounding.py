@@ -28,6 +28,8 @@ from tvm.ir.expr import TensorLoad
 
 from .division import EXACT_BITS, _exact_in_float64
 
+INT32_LIMIT = 2**31 - 1  # |round(x / 2**s)| below this: the double converts to int32
+
 
 def _is_int(node, value: int) -> bool:
     return isinstance(node, tirx.IntImm) and int(node) == value
@@ -69,9 +71,18 @@ def _scaled(x: tirx.PrimExpr, s: int) -> tirx.PrimExpr:
     return tirx.Cast("float64", x) * tirx.FloatImm("float64", scale)
 
 
-def rewrite_rounding_shifts(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def _fits_int32(x: tirx.PrimExpr, s: int, analyzer) -> bool:
+    """Whether round(x / 2**s) provably fits int32 (then the double converts to int32)."""
+    bound = analyzer.const_int_bound(x)
+    return max(-int(bound.min_value), int(bound.max_value)) >> s < INT32_LIMIT
+
+
+def rewrite_rounding_shifts(func: tirx.PrimFunc, int64_converts: bool) -> tirx.PrimFunc:
     """The PrimFunc with each rshift_round whose operand the analyzer bounds below 2**53 in
-    magnitude computed through float64 (see the module)."""
+    magnitude computed through float64 (see the module). The rounded double converts to int32
+    where the result fits (one vcvtpd2dq, AVX included), else to int64 only if
+    `int64_converts` (AVX-512DQ's vcvtpd2qq; without it LLVM converts lane by lane, and the
+    integer form stays)."""
     analyzer = tvm.sym.Analyzer()
 
     def shift(node, mutator):
@@ -80,7 +91,10 @@ def rewrite_rounding_shifts(func: tirx.PrimFunc) -> tirx.PrimFunc:
         if found is None or not _exact_in_float64(found[0], analyzer):
             return node
         x, s = found
-        return tirx.Cast("int64", tirx.nearbyint(_scaled(x, s)))
+        rounded = tirx.nearbyint(_scaled(x, s))
+        if _fits_int32(x, s, analyzer):
+            return tirx.Cast("int64", tirx.Cast("int32", rounded))
+        return tirx.Cast("int64", rounded) if int64_converts else node
 
     def keep_load(load: TensorLoad, _mutator) -> TensorLoad:
         return load  # indices are address arithmetic: not rewritten

@@ -168,7 +168,8 @@ class Generic(CPURule):
         return rewrite_divisions(func)
 
     def finish(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
-        return rewrite_rounding_shifts(func)  # after inlining: the epilogues' bounds show
+        # after inlining, where the epilogues' bounds show
+        return rewrite_rounding_shifts(func, int64_converts=caps.int64_vectors)
 
     def match(self, sch: Schedule) -> bool:
         return True

@@ -23,6 +23,7 @@ from ivit_tvm.quant import functional as F
 
 HOST = get_backend("llvm").resolve(tvm.target.Target(
     {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}))
+AVX2 = get_backend("llvm").resolve(tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"}))
 
 
 def requantize_func(dtype: str, multiplier: int, shift: int, bits: int) -> tirx.PrimFunc:
@@ -60,10 +61,14 @@ def values(dtype: str) -> np.ndarray:
     ("int8", 1518500250, 38, 8),  # a DeiT-like ratio
     ("int16", -(2**31 - 1), 40, 16),  # a negative multiplier
 ], ids=["ties-1", "ties-2", "max-multiplier", "deit", "negative"])
-def test_bounded_rounding_shift_goes_through_float64_exactly(dtype, multiplier, shift, bits):
-    func = schedule_primfunc(requantize_func(dtype, multiplier, shift, bits), HOST.caps)
+@pytest.mark.parametrize("target", [HOST, AVX2], ids=["host", "avx2"])
+def test_bounded_rounding_shift_goes_through_float64_exactly(dtype, multiplier, shift, bits,
+                                                               target):
+    if target is AVX2 and HOST.caps.vector_bytes < 32:
+        pytest.skip("this CPU has no AVX2")
+    func = schedule_primfunc(requantize_func(dtype, multiplier, shift, bits), target.caps)
     assert nearbyints(func) == 1
-    executable = tvm.compile(func.with_attr("global_symbol", "main"), target=HOST.target)
+    executable = tvm.compile(func.with_attr("global_symbol", "main"), target=target.target)
     q = values(dtype)
     out = tvm.runtime.tensor(np.zeros(q.shape, f"int{bits}"))
     executable(tvm.runtime.tensor(q), out)
@@ -74,8 +79,24 @@ def test_bounded_rounding_shift_goes_through_float64_exactly(dtype, multiplier, 
 def test_unbounded_operand_stays_integer():
     """An int32 operand times a 31-bit multiplier reaches 2**62: no float64 there."""
     func = requantize_func("int32", 2**31 - 1, 40, 8)
-    assert nearbyints(rewrite_rounding_shifts(func)) == 0
-    assert nearbyints(rewrite_rounding_shifts(requantize_func("int16", 2**31 - 1, 40, 8))) == 1
+    assert nearbyints(rewrite_rounding_shifts(func, True)) == 0
+    narrow = requantize_func("int16", 2**31 - 1, 40, 8)
+    assert nearbyints(rewrite_rounding_shifts(narrow, True)) == 1
+
+
+def test_the_double_converts_to_int32_where_the_result_fits():
+    """round(x / 2**s) of an int16 x times 2**31 - 1: fits int32 at s = 46; at s = 1 (2**45)
+    only a CPU with 64-bit conversions (AVX-512DQ) takes the float path."""
+    def casts(func) -> list[str]:
+        found = []
+        tvm_ffi.structural_walk(func, (tirx.Cast, lambda c: found.append(str(c.ty.dtype))))
+        return found
+
+    fits = rewrite_rounding_shifts(requantize_func("int16", 2**31 - 1, 46, 16), False)
+    assert nearbyints(fits) == 1 and "int32" in casts(fits)
+    wide = requantize_func("int16", 2**31 - 1, 1, 16)
+    assert nearbyints(rewrite_rounding_shifts(wide, False)) == 0
+    assert nearbyints(rewrite_rounding_shifts(wide, True)) == 1
 
 
 def test_almost_rounding_shifts_are_left_alone():
@@ -90,7 +111,7 @@ def test_almost_rounding_shifts_are_left_alone():
     for expr, want in ((good, 1), (off_by_one, 0), (wrong_parity, 0)):
         out = tirx.decl_buffer((1,), "int64", name="out")
         func = tirx.PrimFunc([x, out], tirx.BufferStore(out, expr, [tirx.IntImm("int64", 0)]))
-        assert nearbyints(rewrite_rounding_shifts(func)) == want, expr
+        assert nearbyints(rewrite_rounding_shifts(func, True)) == want, expr
 
 
 def test_deit_qk_epilogue_rounds_in_float64():
