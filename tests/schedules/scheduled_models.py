@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import tvm
 from ivit_tvm.schedules.backend import get_backend
 from ivit_tvm.schedules.cpu.packing import pack_dense_gemms
-from ivit_tvm.schedules.cpu.pipeline import schedule_cpu
+from ivit_tvm.schedules.cpu.pipeline import cpu_pipeline, schedule_cpu
 from ivit_tvm.schedules.fold_layout import fusion_passes
-from support import quantized
-from tvm import tirx
+from support import images, quantized
+from tvm import relax, tirx
 from tvm.target import codegen
 
 from ivit_tvm.compile import apply_graph_passes, lower_model
+from ivit_tvm.models import model_config
 
 HOST = get_backend("llvm").resolve(tvm.target.Target(
     {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": 2}
@@ -32,3 +34,15 @@ def scheduled(config) -> tvm.IRModule:
 
 def prim_funcs(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+def assert_model_exact(seed: int, batch: int, **fields) -> None:
+    """A one-model DeiT (model_config("deit_tiny", **fields)) built by cpu_pipeline for this
+    host: its logits equal the integer reference's."""
+    config = model_config("deit_tiny", **fields)
+    model = quantized(config)
+    ex = tvm.compile(lower_model(model, HOST).mod, target=HOST.target,
+                     relax_pipeline=cpu_pipeline(HOST))
+    x = images(config, seed=seed, batch=batch)
+    logits = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()))
+    np.testing.assert_array_equal(logits.numpy(), model.forward_integer(x)[0].numpy())

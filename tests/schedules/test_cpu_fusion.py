@@ -15,15 +15,12 @@ import pytest
 import tvm
 import tvm_ffi
 from ivit_tvm.schedules.cpu import dense
-from ivit_tvm.schedules.cpu.pipeline import cpu_pipeline
 from ivit_tvm.schedules.tir_rewrite import drop_index_wraps
-from scheduled_models import HOST, prim_funcs, scheduled
-from support import DEIT, SWIN, images, quantized
+from scheduled_models import assert_model_exact, prim_funcs, scheduled
+from support import DEIT, SWIN
 from tvm import relax, te, tirx, topi
 from tvm.s_tir import Schedule
 
-from ivit_tvm.compile import lower_model
-from ivit_tvm.models import model_config
 from ivit_tvm.ops.tir_query import block_names, root_nests
 
 LAYOUT_KERNEL = re.compile(r"(transpose|strided_slice)\d*")  # reshapes become views later
@@ -165,14 +162,8 @@ def test_head_dim_not_a_multiple_of_16_stays_exact():
     """4 heads of 24 (the I-ViT release's small models): p @ V's columns are padded to 32,
     where TVM's reverse_compute_at would derive a wrong epilogue nest from the padded region
     (gemm._covers_acc keeps that epilogue unfused); the model stays bit-exact."""
-    config = model_config("deit_tiny", img_size=32, patch_size=8, embed_dim=96, depth=1,
-                          num_heads=4, num_classes=10)
-    model = quantized(config)
-    ex = tvm.compile(lower_model(model, HOST).mod, target=HOST.target,
-                     relax_pipeline=cpu_pipeline(HOST))
-    x = images(config, seed=5, batch=3)
-    logits = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()))
-    np.testing.assert_array_equal(logits.numpy(), model.forward_integer(x)[0].numpy())
+    assert_model_exact(seed=5, batch=3, img_size=32, patch_size=8, embed_dim=96, depth=1,
+                       num_heads=4, num_classes=10)
 
 
 def _span_loops(func, annotation: str, prefix: str) -> list[tuple[int, int]]:

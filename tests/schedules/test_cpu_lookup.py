@@ -11,14 +11,12 @@ import torch
 import tvm
 from ivit_tvm.schedules.backend import get_backend
 from ivit_tvm.schedules.cpu import lookup
-from ivit_tvm.schedules.cpu.pipeline import cpu_pipeline, schedule_primfunc
-from support import images, quantized
+from ivit_tvm.schedules.cpu.pipeline import schedule_primfunc
+from scheduled_models import assert_model_exact
 from tvm import relax
 from tvm.target import codegen
 
 from ivit_tvm import ops
-from ivit_tvm.compile import lower_model
-from ivit_tvm.models import model_config
 from ivit_tvm.quant import functional as F
 from ivit_tvm.quant.fast import exp_table
 
@@ -188,12 +186,4 @@ def test_model_with_rows_past_the_lanes_stays_exact():
     """A one-block DeiT of 50 tokens (the reduced test models have 17, under the 32 lanes):
     its Shiftmax takes the permute steps (and an overlapping last one), bit-exact with the
     integer reference at batch 2."""
-
-
-    config = model_config("deit_tiny", img_size=56, patch_size=8, depth=1, num_classes=10)
-    model = quantized(config)
-    ex = tvm.compile(lower_model(model, HOST).mod, target=HOST.target,
-                     relax_pipeline=cpu_pipeline(HOST))
-    x = images(config, seed=11, batch=2)
-    logits = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy()))
-    np.testing.assert_array_equal(logits.numpy(), model.forward_integer(x)[0].numpy())
+    assert_model_exact(seed=11, batch=2, img_size=56, patch_size=8, depth=1, num_classes=10)
