@@ -95,10 +95,11 @@ class PackedAttention(CPURule):
 
     def finish(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
         # q @ k^T's requantize through float64 (packed_qk bounds its values; after inlining,
-        # where the bound shows): that kernel 4 % faster on Zen 4, 8-11 % on AVX2. Not in
-        # other kernels: a residual add's narrow operand, exact there too, came out 0-19 %
-        # slower in the dense epilogue and 2.5x slower in a standalone requantize_add (LLVM
-        # vectorized the mixed int64/float64 loop with gathers of the per-channel shifts).
+        # where the bound shows): that kernel 4 % faster on Zen 4. packed_qk16 (AVX2) states
+        # no bound, so nothing changes there. Not in other kernels: a residual add's narrow
+        # operand, exact there too, came out 0-19 % slower in the dense epilogue and 2.5x
+        # slower in a standalone requantize_add (LLVM vectorized the mixed int64/float64
+        # loop with gathers of the per-channel shifts).
         return rewrite_rounding_shifts(func, int64_converts=caps.int64_vectors)
 
 
