@@ -41,6 +41,13 @@ def count_loads(stmt, buffer) -> int:
     return len(load_indices(stmt, buffer))
 
 
+def uses_var(expr, var) -> bool:
+    """Whether an expression (or statement) refers to the variable `var`."""
+    found: list = []
+    tvm_ffi.structural_walk(expr, (tirx.Var, found.append))
+    return any(v.same_as(var) for v in found)
+
+
 def seq_stmts(stmt) -> list:
     """The statements of a SeqStmt, or [stmt] for any other statement."""
     return list(stmt.seq) if isinstance(stmt, tirx.SeqStmt) else [stmt]

@@ -35,7 +35,7 @@ def _power_of_two(value: tirx.PrimExpr) -> bool:
     return magnitude > 0 and magnitude & (magnitude - 1) == 0
 
 
-def _exact_in_float64(numerator: tirx.PrimExpr, analyzer) -> bool:
+def exact_in_float64(numerator: tirx.PrimExpr, analyzer) -> bool:
     bound = analyzer.const_int_bound(numerator)
     limit = 1 << EXACT_BITS
     return -limit < int(bound.min_value) and int(bound.max_value) < limit
@@ -54,7 +54,7 @@ def rewrite_divisions(func: tirx.PrimFunc) -> tirx.PrimFunc:
         a, b = mutator.mutate(node.a), mutator.mutate(node.b)
         dtype = str(node.ty)
         if (
-            (dtype == "int64" and not _power_of_two(b) and _exact_in_float64(a, analyzer))
+            (dtype == "int64" and not _power_of_two(b) and exact_in_float64(a, analyzer))
             or (dtype == "int32" and not isinstance(b, tirx.IntImm))
         ):
             return _through_float64(a, b, dtype)

@@ -29,7 +29,7 @@ from tvm.s_tir import Schedule
 
 from ivit_tvm.ops.shiftgelu import LOOKUP_BLOCK, ROW_MAX_BLOCK
 from ivit_tvm.ops.shiftmax import EXP_BLOCK, TABLE_SPAN
-from ivit_tvm.ops.tir_query import find_block
+from ivit_tvm.ops.tir_query import find_block, uses_var
 
 from ..tir_rewrite import map_func, substitute
 
@@ -124,16 +124,6 @@ PLANE_WORDS = 32  # table entries per plane register
 PERMUTE_ENTRIES = 64  # entries one vpermi2w covers (two planes)
 
 
-def _vars_in(expr) -> list:
-    found: list = []
-    tvm_ffi.structural_walk(expr, (tirx.Var, found.append))
-    return found
-
-
-def _uses(expr, var) -> bool:
-    return any(v.same_as(var) for v in _vars_in(expr))
-
-
 def _exp_parts(store: tirx.BufferStore):
     """(table load, the two int8 loads in its index, mask) of Shiftmax's table exponential,
     else None; mask: None, or (mask load, the masked logits' constant exponential) for
@@ -206,7 +196,7 @@ def _exp_steps(loop: tirx.For) -> tirx.Stmt:
                                                    strict=True)}
     table, loads, mask = _exp_parts(store)
     (q_load,) = [load for load in loads
-                 if any(_uses(substitute(i, binding), loop.loop_var) for i in load.indices)]
+                 if any(uses_var(substitute(i, binding), loop.loop_var) for i in load.indices)]
     (max_load,) = [load for load in loads if load is not q_load]
     words, extent = f"int16x{EXP_LANES}", int(loop.extent)
 

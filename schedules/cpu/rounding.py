@@ -27,7 +27,7 @@ import tvm_ffi
 from tvm import tirx
 from tvm.ir.expr import TensorLoad
 
-from .division import EXACT_BITS, _exact_in_float64
+from .division import EXACT_BITS, exact_in_float64
 
 INT32_LIMIT = 2**31 - 1  # |round(x / 2**s)| below this: the double converts to int32
 
@@ -89,7 +89,7 @@ def rewrite_rounding_shifts(func: tirx.PrimFunc, int64_converts: bool) -> tirx.P
     def shift(node, mutator):
         node = mutator.default_mutate(node)
         found = _rounding_shift(node, analyzer)
-        if found is None or not _exact_in_float64(found[0], analyzer):
+        if found is None or not exact_in_float64(found[0], analyzer):
             return node
         x, s = found
         rounded = tirx.nearbyint(_scaled(x, s))
