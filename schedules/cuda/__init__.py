@@ -3,7 +3,9 @@
 - pipeline: the Relax pipeline and its ordered dlight rules (gemm: integer GEMMs, on tensor
   cores for sm_80+ (mma, mma_tiles, mma_intrin) else dp4a; rowwise: row reductions);
 - twin: the CPU (llvm) twin of a scheduled CUDA GEMM, to check its indexing bit for bit;
-- build: tvm.compile in this process (nvcc kernels with a driver, CUDA source without);
+- build: tvm.compile in this process (nvcc kernels with a driver, CUDA source without),
+  its TIR pipeline with device_indexing (mma fragments in registers, row guards without
+  division);
 - export: loadable libraries with or without a GPU (driver stub subprocess, export_worker);
 - toolkit: the CUDA toolkit and nvcc; inspect: source, PTX and cubin reports.
 

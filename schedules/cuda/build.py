@@ -9,8 +9,11 @@ that under a driver stub). With a driver, kernels are compiled with nvcc (toolki
 from __future__ import annotations
 
 import tvm
+from tvm import tirx
+from tvm.tirx.compilation_pipeline import get_tir_pipeline, register_tir_pipeline
 
 from ..targets import TargetInfo
+from .device_indexing import simplify_device_indexing_pass
 from .gemm import GemmStrategy
 from .pipeline import cuda_pipeline
 from .toolkit import nvcc_kernels
@@ -21,6 +24,26 @@ from .toolkit import nvcc_kernels
 # nearly every kernel (launched as one graph after the first call); with a symbolic batch
 # nothing is static and every kernel is launched on its own, as without the option
 LOWERING_CONFIG = {"tirx.use_async_copy": 1, "relax.backend.use_cuda_graph": True}
+TIR_PIPELINE = "ivit_cuda"  # TVM's s_tir pipeline, its device finalization with one pass more
+
+
+def _device_passes() -> tvm.transform.Pass:
+    """TVM's device finalization with SimplifyDeviceIndexing after LowerWarpMemory, so the mma
+    fragments are indexed by constants and stay in registers (device_indexing.py)."""
+    return tvm.transform.Sequential([
+        tirx.transform.LowerWarpMemory(),
+        simplify_device_indexing_pass,
+        tirx.transform.StmtSimplify(),
+        tirx.transform.LowerIntrin(),
+    ])
+
+
+def _tir_pipeline():
+    lower, host_passes, _ = get_tir_pipeline("s_tir")
+    return lower, host_passes, _device_passes
+
+
+register_tir_pipeline(TIR_PIPELINE, _tir_pipeline)
 
 
 def build_cuda(
@@ -34,8 +57,9 @@ def build_cuda(
     with tvm.transform.PassContext(config=LOWERING_CONFIG):
         if info.caps.cuda_driver:
             with nvcc_kernels(info.caps.cuda_arch), info.target:
-                return tvm.compile(mod, info.target, relax_pipeline=pipeline)
-        return tvm.compile(mod, info.target, relax_pipeline=pipeline)
+                return tvm.compile(mod, info.target, relax_pipeline=pipeline,
+                                   tir_pipeline=TIR_PIPELINE)
+        return tvm.compile(mod, info.target, relax_pipeline=pipeline, tir_pipeline=TIR_PIPELINE)
 
 
 def device_modules(executable, kind: str | None = "cuda") -> list[tvm.runtime.Module]:

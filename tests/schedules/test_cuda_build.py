@@ -12,15 +12,20 @@ import torch
 import tvm
 from ivit_tvm.schedules.backend import get_backend, make_target
 from ivit_tvm.schedules.cuda.build import build_cuda
-from ivit_tvm.schedules.cuda.inspect import cuda_source, report_cubin, report_ptx
+from ivit_tvm.schedules.cuda.inspect import (
+    cuda_source,
+    kernel_instructions,
+    parse_ptxas_resources,
+    report_cubin,
+)
 from ivit_tvm.schedules.cuda.pipeline import (
     require_gpu_schedule,
     schedule_module,
     unscheduled_functions,
 )
-from ivit_tvm.schedules.cuda.toolkit import compile_kernels, find_cuda_home
+from ivit_tvm.schedules.cuda.toolkit import compile_cubin_verbose, compile_kernels, find_cuda_home
 from ivit_tvm.schedules.targets import host_cpu
-from support import deit_and_images
+from support import SWIN, deit_and_images, quantized
 from tvm import te
 
 from ivit_tvm.compile import apply_graph_passes, lower_model
@@ -147,10 +152,40 @@ def test_dense_kernels_use_tensor_cores_or_dp4a_in_ptx(built):
     assert all("dp4a.s32.s32" in body or ".s8.s8.s32" in body for body in dense)
     assert any(re.search(r"mma\.sync\.aligned\.m16n8k32\.row\.col\.s32\.s8\.s8\.s32", body)
                for body in dense)
-    dp4a_only = [body for body in dense if "mma.sync" not in body]
-    # dp4a kernels keep everything in registers; the mma kernels' ldmatrix fragments sit in
-    # local memory (docs/tvm-notes.md), spills are checked with ptxas in test_cuda_mma.py.
-    assert all(report_ptx(body, arch).instructions["local_memory"] == 0 for body in dp4a_only)
+
+
+@pytest.fixture(scope="module")
+def swin_source():
+    """CUDA C of a reduced Swin (shifted windows, masked Shiftmax) for sm_80."""
+    info = make_target("cuda", arch="sm_80")
+    mod = apply_graph_passes(lower_model(quantized(SWIN), info)).mod
+    return "sm_80", cuda_source(build_cuda(mod, info))
+
+
+def assert_no_local_memory(arch: str, source: str) -> None:
+    """Every kernel keeps its data in registers and shared memory: no local array in the PTX,
+    no stack frame or spill in ptxas's report (the mma fragments are indexed by constants:
+    schedules/cuda/device_indexing.py)."""
+    _, ptx, log = compile_cubin_verbose(source, arch)
+    local = {name: counts["local_memory"] for name, counts in kernel_instructions(ptx).items()
+             if counts["local_memory"]}
+    assert not local, (arch, local)
+    resources = parse_ptxas_resources(log)
+    assert resources
+    heavy = {name: usage for name, usage in resources.items()
+             if usage.stack_bytes or usage.spill_store_bytes or usage.spill_load_bytes}
+    assert not heavy, (arch, heavy)
+
+
+@needs_nvcc
+def test_no_kernel_uses_local_memory(built):
+    arch, _, source = built
+    assert_no_local_memory(arch, source)
+
+
+@needs_nvcc
+def test_no_swin_kernel_uses_local_memory(swin_source):
+    assert_no_local_memory(*swin_source)
 
 
 @needs_nvcc

@@ -14,6 +14,7 @@ import tvm
 from ivit_tvm.schedules.backend import make_target
 from ivit_tvm.schedules.cuda import inspect as kernels
 from ivit_tvm.schedules.cuda import mma, mma_tiles, twin
+from ivit_tvm.schedules.cuda.build import TIR_PIPELINE
 from ivit_tvm.schedules.cuda.gemm import IntegerGemm, gemm_choices, match_integer_gemm
 from ivit_tvm.schedules.cuda.pipeline import schedule_module
 from ivit_tvm.schedules.cuda.toolkit import compile_cubin_verbose, find_cuda_tool
@@ -347,7 +348,7 @@ def test_pv_kernels_compile_to_s8_and_u8_mma():
             functions[name] = scheduled_plan(func, tensorize=True)[1].with_attr(
                 "global_symbol", name)
     with tvm.transform.PassContext(config={"tirx.use_async_copy": 1}):
-        built = tvm.compile(tvm.IRModule(functions), target=SM_80)
+        built = tvm.compile(tvm.IRModule(functions), target=SM_80, tir_pipeline=TIR_PIPELINE)
     _, ptx, log = compile_cubin_verbose(kernels.cuda_source(built), "sm_80")
     bodies = kernels.ptx_kernels(ptx)
     unit = {"pv_int8_0": ".s8.s8.s32", "pv_int16_0": ".s8.s8.s32", "pv_int16_1": ".u8.s8.s32"}
@@ -357,6 +358,7 @@ def test_pv_kernels_compile_to_s8_and_u8_mma():
         assert "dp4a" not in body
     for name, usage in kernels.parse_ptxas_resources(log).items():
         assert usage.spill_store_bytes == 0 and usage.spill_load_bytes == 0, (name, usage)
+        assert usage.stack_bytes == 0, (name, usage)
 
 
 def test_attention_tiles_rank_padding_of_both_axes():
@@ -449,7 +451,7 @@ def deit_s_cuda_source() -> str:
     functions["qk_6x197x64"] = scheduled(qk_requantize(6, 197, 64), tile, True).with_attr(
         "global_symbol", "qk_6x197x64")
     with tvm.transform.PassContext(config={"tirx.use_async_copy": 1}):
-        built = tvm.compile(tvm.IRModule(functions), target=target)
+        built = tvm.compile(tvm.IRModule(functions), target=target, tir_pipeline=TIR_PIPELINE)
     return kernels.cuda_source(built)
 
 
@@ -482,6 +484,7 @@ def test_gemm_kernels_do_not_spill_and_fit_shared_memory(compiled):
     assert len(resources) == len(DEIT_S) + 1
     for name, usage in resources.items():
         assert usage.spill_store_bytes == 0 and usage.spill_load_bytes == 0, (name, usage)
+        assert usage.stack_bytes == 0, (name, usage)  # fragments in registers (device_indexing.py)
         assert usage.registers <= 255 and 0 < usage.shared_bytes <= SHARED_LIMIT[arch]
 
 
@@ -494,6 +497,8 @@ def test_gemm_sass_uses_imma_ldsm_and_ldgsts(compiled):
     for name, counts in sass.items():
         assert counts["IMMA"] > 0 and counts["LDSM"] > 0 and counts["LDGSTS"] > 0, (arch, name)
         assert counts["IDP.4A"] == 0 and counts["HMMA"] == 0, (arch, name)
+        # no local memory, no self-shuffles of the accumulators (device_indexing.py)
+        assert counts["LDL"] == counts["STL"] == counts["SHFL"] == 0, (arch, name, counts)
 
 
 # ---- the pipeline chooses ---------------------------------------------------------------

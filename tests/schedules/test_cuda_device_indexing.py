@@ -1,0 +1,151 @@
+"""device_indexing.simplify_device_indexing: a division or modulo folds only where its value
+is one constant (proved with the thread extents, constant loop ranges and let values), a warp
+shuffle goes only where the source lane is the caller's own, and `x // c < n` becomes
+`x < n * c`. The rewritten functions compute what the originals do (run on llvm over every
+loop value, and a range of n); the CUDA kernels it is for keep their fragments in registers
+(tests/schedules/test_cuda_mma.py, test_cuda_build.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+from ivit_tvm.schedules.cuda.device_indexing import (
+    DIVISIONS,
+    WARP_SHUFFLE,
+    simplify_device_indexing,
+)
+from tvm import tirx
+from tvm.script import tirx as T
+
+
+def count(node, kinds) -> int:
+    """Nodes of `kinds` in a function's body or in a statement."""
+    found = []
+    body = node.body if isinstance(node, tirx.PrimFunc) else node
+    tvm_ffi.structural_walk(body, [(kind, found.append) for kind in kinds], order="post")
+    return len(found)
+
+
+def shuffles(func: tirx.PrimFunc) -> int:
+    calls = []
+    tvm_ffi.structural_walk(func.body, [(tvm.ir.Call, calls.append)], order="post")
+    return sum(call.op.same_as(WARP_SHUFFLE) for call in calls)
+
+
+# ---- divisions ---------------------------------------------------------------------------
+def lane_quotient(extent: int) -> tirx.PrimFunc:
+    """An mma accumulator's local index after LowerWarpMemory: tile 4, element 4."""
+
+    @T.prim_func
+    def func(a: T.Buffer((64,), "int64")):
+        tx = T.launch_thread("threadIdx.x", T.int64(extent))
+        c: T.let[T.int64] = tx * T.int64(8) + T.int64(1028)
+        a[tx] = T.Div(c, T.int64(256)) * T.int64(8) + T.truncmod(c, T.int64(8))
+
+    return func
+
+
+def test_quotient_of_a_warp_lane_folds_to_the_tile():
+    folded = simplify_device_indexing(lane_quotient(32))
+    assert count(folded, DIVISIONS) == 0
+    stores = []
+    tvm_ffi.structural_walk(folded.body, [(tirx.BufferStore, stores.append)], order="post")
+    assert int(tvm.sym.Analyzer().simplify(stores[0].value)) == 4 * 8 + 4
+
+
+def test_quotient_over_two_warps_is_kept():
+    """64 lanes: tx * 8 + 1028 spans [1028, 1532], quotient 4 or 5."""
+    assert count(simplify_device_indexing(lane_quotient(64)), (tirx.Div,)) == 1
+
+
+@T.prim_func
+def quotients(out: T.Buffer((32, 8), "int64")):
+    for i in range(32):
+        c: T.let[T.int64] = T.int64(i) * T.int64(8) + T.int64(1028)
+        d: T.let[T.int64] = T.int64(i) * T.int64(8) - T.int64(1030)
+        out[i, 0] = T.Div(c, T.int64(256))  # 4: folds
+        out[i, 1] = T.floordiv(c, T.int64(256))  # 4: folds
+        out[i, 2] = T.truncmod(c, T.int64(8))  # 4: folds
+        out[i, 3] = T.floormod(c, T.int64(512))  # 4..252: kept
+        out[i, 4] = T.Div(d, T.int64(256))  # -1030..-782: -4 or -3, kept
+        out[i, 5] = T.floordiv(d + T.int64(1030), T.int64(512))  # 0: folds
+        out[i, 6] = T.Div(c, T.int64(1024))  # 1: folds
+        out[i, 7] = T.floordiv(c, T.int64(128))  # 8..9: kept
+
+
+def run(func: tirx.PrimFunc) -> np.ndarray:
+    ex = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
+    out = tvm.runtime.tensor(np.zeros((32, 8), "int64"))
+    ex["main"](out)
+    return out.numpy()
+
+
+def test_folded_divisions_compute_what_the_originals_do():
+    folded = simplify_device_indexing(quotients)
+    assert count(quotients, DIVISIONS) == 8 and count(folded, DIVISIONS) == 3
+    expected = run(quotients)
+    np.testing.assert_array_equal(run(folded), expected)
+    assert set(expected[:, 4]) == {-4, -3}  # the kept ones do vary
+
+
+# ---- shuffles ----------------------------------------------------------------------------
+def shuffle_from(lane_offset: int, extent: int = 32, width: int = 32) -> tirx.PrimFunc:
+    @T.prim_func
+    def func(a: T.Buffer((64,), "int32"), b: T.Buffer((64,), "int32")):
+        tx = T.launch_thread("threadIdx.x", T.int64(extent))
+        b[tx] = T.tvm_warp_shuffle(T.tvm_warp_activemask(), a[tx],
+                                   T.Cast("int32", tx) + lane_offset, width, 32)
+
+    return func
+
+
+def test_shuffle_from_own_lane_is_the_value():
+    simplified = simplify_device_indexing(shuffle_from(0))
+    assert shuffles(simplified) == 0
+    assert "b[tx] = a[tx]" in simplified.script()
+
+
+def test_shuffle_from_own_lane_over_two_warps_is_the_value():
+    assert shuffles(simplify_device_indexing(shuffle_from(0, extent=64))) == 0
+
+
+@pytest.mark.parametrize("lane_offset, extent, width", [
+    (1, 32, 32),  # another lane
+    (0, 16, 32),  # threadIdx.x of 16: lanes 16..31 are threadIdx.y's next row
+    (0, 32, 16),  # a 16-wide shuffle
+])
+def test_other_shuffles_are_kept(lane_offset, extent, width):
+    assert shuffles(simplify_device_indexing(shuffle_from(lane_offset, extent, width))) == 1
+
+
+# ---- row guards --------------------------------------------------------------------------
+@T.prim_func
+def guards(n: T.int64, out: T.Buffer((64, 4), "int32")):
+    for i in range(64):
+        q: T.let[T.int64] = T.floordiv(T.int64(i) * T.int64(3) - T.int64(50), T.int64(9))
+        out[i, 3] = T.Select(q < n, 1, 0)  # the quotient in a let, as CSE leaves it
+        out[i, 0] = T.Select(T.floordiv(T.int64(i) * T.int64(5) - T.int64(100), T.int64(7)) < n,
+                             1, 0)
+        out[i, 1] = T.Select(T.Div(T.int64(i) * T.int64(5), T.int64(7)) < n, 1, 0)
+        out[i, 2] = T.Select(T.Div(T.int64(i) * T.int64(5) - T.int64(100), T.int64(7)) < n,
+                             1, 0)  # may be negative: truncated division kept
+
+
+def run_guards(func: tirx.PrimFunc, n: int) -> np.ndarray:
+    ex = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
+    out = tvm.runtime.tensor(np.zeros((64, 4), "int32"))
+    ex["main"](n, out)
+    return out.numpy()
+
+
+def test_row_guards_compare_without_dividing():
+    rewritten = simplify_device_indexing(guards)
+    lts = []
+    tvm_ffi.structural_walk(rewritten.body, [(tirx.LT, lts.append)], order="post")
+    divided = [lt for lt in lts if count(tirx.Evaluate(lt), (tirx.FloorDiv, tirx.Div))
+               or isinstance(lt.a, tirx.Var)]
+    assert len(lts) == 4 and len(divided) == 1  # only the truncated division of x < 0
+    for n in (-20, -15, -14, -1, 0, 1, 7, 32, 33, 100):
+        np.testing.assert_array_equal(run_guards(rewritten, n), run_guards(guards, n), str(n))
