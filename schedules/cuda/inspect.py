@@ -27,6 +27,7 @@ PTX_PATTERNS = {
     "ldmatrix": r"\bldmatrix\.sync\.aligned\.",
     "cp_async": r"\bcp\.async\.c[ag]\.shared\.global\b",
     "ld_shared": r"\bld\.shared\.",
+    "ld_global": r"\bld\.global\.",
     "shfl": r"\bshfl\.sync\.",
     "local_memory": r"\.local\s",
 }

@@ -209,8 +209,19 @@ def schedule_mma(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = Tru
     rows, cols = sch.get_loops(store)[-2:]
     r0, r_hi, r_lane = sch.split(rows, [None, 2, 8])
     c0, c_hi, c_lane, c_pair = sch.split(cols, [None, 2, 4, 2])
-    sch.reorder(r0, c0, r_hi, c_hi, r_lane, c_lane, c_pair)
-    sch.bind(sch.fuse(r_lane, c_lane), "threadIdx.x")
+    # With per-channel parameters (bias, multiplier, shift), columns go outside rows: each
+    # lane loads its column pair's parameters into registers once, before the rows' guarded
+    # stores, instead of once per row (nvcc does not merge loads under different guards).
+    per_channel = _per_channel_reads(sch, store)
+    if per_channel:
+        sch.reorder(c0, c_hi, r_lane, c_lane, r0, r_hi, c_pair)
+    else:
+        sch.reorder(r0, c0, r_hi, c_hi, r_lane, c_lane, c_pair)
+    lane = sch.fuse(r_lane, c_lane)
+    sch.bind(lane, "threadIdx.x")
+    for operand in per_channel:
+        cache = sch.cache_read(store, operand, "local")
+        sch.compute_at(cache, lane, preserve_unit_loops=True)
     for loop in (r0, c0, r_hi, c_hi, c_pair):
         sch.unroll(loop)
 
@@ -234,6 +245,19 @@ def schedule_mma(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = Tru
     sch.tensorize(sch.get_loops(main)[-3], mma_intrin.mma_name(a_dtype))  # the 16x16x32 tile
     sch.tensorize(sch.get_loops(init)[-2], mma_intrin.MMA_FILL)  # the 16x16 zero fill
     return sch
+
+
+def _per_channel_reads(sch: s_tir.Schedule, store) -> list[int]:
+    """Indices of the epilogue block's reads that are 1-D per-channel parameters: read at one
+    column index, the block's last iterator (bias, multiplier, shift of a requantize)."""
+    block = sch.get(store)
+    column = block.iter_vars[-1].var
+    found = []
+    for index, region in enumerate(block.reads):
+        if len(region.region) == 1 and region.region[0].extent == 1 and \
+                region.region[0].min.same_as(column):
+            found.append(index)
+    return found
 
 
 def _padded_row(value):

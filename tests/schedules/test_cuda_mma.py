@@ -476,6 +476,9 @@ def test_gemm_ptx_has_s8_mma_ldmatrix_and_cp_async(compiled):
         assert counts["mma_s8"] > 0, name
         assert counts["ldmatrix"] > 0 and counts["cp_async"] > 0, name
         assert counts["dp4a"] == 0, name
+    for n, k in DEIT_S:  # bias, multiplier, shift: one load per column of a lane, not per row
+        lane_columns = mma_tiles.choose_tile(None, n, k).warp_n // 4
+        assert per_kernel[f"gemm_{n}x{k}_kernel"]["ld_global"] == 3 * lane_columns, (arch, n, k)
 
 
 def test_gemm_kernels_do_not_spill_and_fit_shared_memory(compiled):
