@@ -107,13 +107,18 @@ def packed_qk(q: te.Tensor, k: te.Tensor, vector_bytes: int = 64) -> te.Tensor:
     column_sums = te.compute(
         (*batch, cols), lambda *index: acc[(*index[:-1], sum_row, index[-1])], name=QK_COLSUM
     )  # (..., T2) int32: the sum row on its own, so the epilogue reads acc at one index
+    return te.compute(
+        (*batch, rows, cols),
+        lambda *index: _qk_bounded(acc[index] - column_sums[(*index[:-2], index[-1])], depth),
+        name="qk_out",
+    )  # (..., T, T2) int32
+
+
+def _qk_bounded(value: tirx.PrimExpr, depth: int) -> tirx.PrimExpr:
+    """q.k clamped to +-depth * 2**14: a clamp that never bites (int8 x int8 products), which
+    states the bound for rounding.py's analyzer once the epilogue is inlined."""
     bound = depth * QK_PRODUCT_BOUND
-
-    def out(*index):  # the clamp never bites: it states the bound for rounding.py's analyzer
-        value = acc[index] - column_sums[(*index[:-2], index[-1])]
-        return tirx.max(tirx.min(value, bound), -bound)
-
-    return te.compute((*batch, rows, cols), out, name="qk_out")  # (..., T, T2) int32
+    return tirx.max(tirx.min(value, bound), -bound)
 
 
 def packed_qk16(q: te.Tensor, k: te.Tensor, vector_bytes: int = 32) -> te.Tensor:
@@ -152,8 +157,9 @@ def packed_qk16(q: te.Tensor, k: te.Tensor, vector_bytes: int = 32) -> te.Tensor
             axis=r,
         ),
         name="qk16_acc",
-    )  # (..., Tp, T2p) int32
-    return te.compute((*batch, rows, cols), lambda *index: acc[index], name="qk_out")
+    )  # (..., Tp, T2p) int32, |.| <= 2**14 * d
+    return te.compute((*batch, rows, cols), lambda *index: _qk_bounded(acc[index], depth),
+                      name="qk_out")
 
 
 def packed_pv(p: te.Tensor, v: te.Tensor, vector_bytes: int = 64) -> te.Tensor:

@@ -94,9 +94,9 @@ class PackedAttention(CPURule):
         return matmul.schedule_packed_attention(sch, self._kind(sch), gemm_path(caps))
 
     def finish(self, func: tirx.PrimFunc, caps: Capabilities) -> tirx.PrimFunc:
-        # q @ k^T's requantize through float64 (packed_qk bounds its values; after inlining,
-        # where the bound shows): that kernel 4 % faster on Zen 4. packed_qk16 (AVX2) states
-        # no bound, so nothing changes there. Not in other kernels: a residual add's narrow
+        # q @ k^T's requantize through float64 (packed_qk and packed_qk16 bound its values;
+        # after inlining, where the bound shows): that kernel 4 % faster on Zen 4 (AVX-512),
+        # 1.2x on its AVX2 build (x86-64-v3). Not in other kernels: a residual add's narrow
         # operand, exact there too, came out 0-19 % slower in the dense epilogue and 2.5x
         # slower in a standalone requantize_add (LLVM vectorized the mixed int64/float64
         # loop with gathers of the per-channel shifts).

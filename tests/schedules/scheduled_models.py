@@ -21,14 +21,20 @@ from ivit_tvm.models import model_config
 HOST = get_backend("llvm").resolve(tvm.target.Target(
     {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": 2}
 ))
+AVX2 = get_backend("llvm").resolve(tvm.target.Target(
+    {"kind": "llvm", "mcpu": "x86-64-v3", "num-cores": 2}
+))
+TARGETS = {"host": HOST, "avx2": AVX2}
 
 
 @functools.cache
-def scheduled(config) -> tvm.IRModule:
-    """The module as cpu_pipeline has it after ScheduleCPU (before TVM's lowering)."""
-    mod = apply_graph_passes(lower_model(quantized(config), HOST)).mod
-    with HOST.target:
-        passes = [*fusion_passes(), pack_dense_gemms(HOST.caps), schedule_cpu(HOST.caps)]
+def scheduled(config, target: str = "host") -> tvm.IRModule:
+    """The module as cpu_pipeline has it after ScheduleCPU (before TVM's lowering) for
+    TARGETS[target] (scheduling needs no such CPU; running it does)."""
+    info = TARGETS[target]
+    mod = apply_graph_passes(lower_model(quantized(config), info)).mod
+    with info.target:
+        passes = [*fusion_passes(), pack_dense_gemms(info.caps), schedule_cpu(info.caps)]
         return tvm.transform.Sequential(passes)(mod)
 
 

@@ -117,10 +117,13 @@ def test_almost_rounding_shifts_are_left_alone():
         assert nearbyints(rewrite_rounding_shifts(func, True)) == want, expr
 
 
-def test_deit_qk_epilogue_rounds_in_float64():
-    """q @ k^T's values are bounded by head_dim * 2**14 (matmul.packed_qk's clamp): its
-    requantize rounds through float64 in every DeiT attention kernel that has one."""
-    qk = [f for f in prim_funcs(scheduled(DEIT)).values() if "qk_acc_init" in block_names(f)]
+@pytest.mark.parametrize("target, acc_block", [("host", "qk_acc_init"), ("avx2", "qk16_acc_init")])
+def test_deit_qk_epilogue_rounds_in_float64(target, acc_block):
+    """q @ k^T's values are bounded by head_dim * 2**14 (the clamp of matmul.packed_qk, and of
+    packed_qk16 on AVX2): its requantize rounds through float64 in every DeiT attention
+    kernel that has one."""
+    qk = [f for f in prim_funcs(scheduled(DEIT, target)).values()
+          if acc_block in block_names(f)]
     assert qk
     for func in qk:
         assert nearbyints(func) == 1
