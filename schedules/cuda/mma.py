@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from enum import Enum
 
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
+from tvm.ir.prim.expr import IntImm
 from tvm.s_tir.dlight.gpu.matmul import (
     auto_inline_consumer_chain,
     auto_inline_producers,
@@ -128,7 +130,7 @@ def mma_func(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = True,
              fetches: tuple[Fetch, Fetch] = VECTOR_FETCHES) -> tirx.PrimFunc:
     """The scheduled PrimFunc: schedule_mma, then clamp_padded_rows."""
     scheduled = schedule_mma(sch, main, tile, tensorize, shared_scope, fetches)
-    return clamp_padded_rows(scheduled.mod["main"])
+    return hoist_parameter_clamps(clamp_padded_rows(scheduled.mod["main"]))
 
 
 def schedule_mma(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = True,
@@ -245,6 +247,60 @@ def schedule_mma(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = Tru
     sch.tensorize(sch.get_loops(main)[-3], mma_intrin.mma_name(a_dtype))  # the 16x16x32 tile
     sch.tensorize(sch.get_loops(init)[-2], mma_intrin.MMA_FILL)  # the 16x16 zero fill
     return sch
+
+
+def hoist_parameter_clamps(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` with `min(max(p[i], lo), hi)` on a per-channel parameter cached in registers
+    (the requantize's shift, clamped to [1, 62] per element) computed once, in the block that
+    loads the register copy, where every read of that copy is clamped the same way: the same
+    values, the clamps out of the epilogue's per-element work."""
+    clamps: dict = {}  # register copy -> [(lo, hi) of each clamped read]
+    reads: dict = {}  # register copy -> number of reads
+
+    def count_clamp(node):
+        if parts := _clamped_copy(node):
+            clamps.setdefault(parts[0], []).append(parts[1:])
+
+    def count_read(node):
+        reads[node.source] = reads.get(node.source, 0) + 1
+
+    tvm_ffi.structural_walk(func.body, [(tirx.Min, count_clamp), (LOAD, count_read)],
+                            order="post")
+    hoisted = {buffer: bounds[0] for buffer, bounds in clamps.items()
+               if len(set(bounds)) == 1 and reads[buffer] == len(bounds)}  # all, one way
+    if not hoisted:
+        return func
+
+    def unclamp(node, mutator):
+        node = mutator.default_mutate(node)
+        parts = _clamped_copy(node)
+        return node.a.a if parts and parts[0] in hoisted else node
+
+    def clamp_copy(node, mutator):
+        node = mutator.default_mutate(node)
+        if node.buffer not in hoisted:
+            return node
+        lo, hi = hoisted[node.buffer]
+        dtype = str(node.value.ty)
+        value = tirx.min(tirx.max(node.value, IntImm(dtype, lo)), IntImm(dtype, hi))
+        return tirx.BufferStore(node.buffer, value, list(node.indices))
+
+    body = tvm_ffi.structural_mutate(
+        func.body, [(tirx.Min, unclamp), (tirx.BufferStore, clamp_copy)])
+    return func.with_body(body)
+
+
+def _clamped_copy(node) -> tuple | None:
+    """(copy, lo, hi) of `min(max(copy[i], lo), hi)` with constant lo and hi and `copy` a
+    register copy (a "local" buffer that cache_read named `*_local`), else None."""
+    inner = node.a
+    if not (isinstance(inner, tirx.Max) and isinstance(inner.a, LOAD)
+            and isinstance(inner.b, IntImm) and isinstance(node.b, IntImm)):
+        return None
+    buffer = inner.a.source
+    if not buffer.name.endswith("_local") or buffer.scope() != "local":
+        return None
+    return buffer, int(inner.b), int(node.b)
 
 
 def _per_channel_reads(sch: s_tir.Schedule, store) -> list[int]:
