@@ -103,11 +103,19 @@ def bench_models(args, report, save, tvm, device, sync) -> None:
     manifest = json.loads((CARRY / "manifest.json").read_text())
     for name, timm_name in MODELS.items():
         entry = manifest["models"].get(name, {})
+        if entry.get("status") == "not carried":  # in another carry (prepare.SECOND_CARRY)
+            report.setdefault("skipped", {})[name] = entry["error"]
+            print(f"{name}: skipped, {entry['error']}", flush=True)
+            continue
         engines = {}
         try:
             if entry.get("status") != "ok":
                 raise RuntimeError(f"{name} artifact not prepared: {entry.get('error')}")
-            engines["ivit-tvm-int8"] = tvm_model(tvm, device, entry)
+            if args.dry_run:  # loading the VM is the first CUDA call: check the file only
+                (CARRY / entry["file"]).stat()
+                engines["ivit-tvm-int8"] = None
+            else:
+                engines["ivit-tvm-int8"] = tvm_model(tvm, device, entry)
         except Exception:
             report["errors"][f"{name}/ivit-tvm-int8"] = traceback.format_exc()[-3000:]
         for dtype_name in args.torch_dtypes:

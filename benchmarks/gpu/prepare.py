@@ -13,6 +13,11 @@ Writes, into .gpu_carry/ (ignored by git through its own .gitignore):
 - manifest.json: what is there, for check.py and bench.py.
 Models: reduced DeiT and Swin (correctness at batch 1, 3, 32), DeiT-S (correctness at 1, 3, 32,
 timing) and Swin-T (correctness at 1, 3, timing).
+
+The device tool carries at most 64 MiB, and DeiT-S (26 MiB) and Swin-T (33 MiB) with their
+weights inside do not fit together with the rest (73 MiB): the default carry holds everything
+but Swin-T (39 MiB); `--models swin_tiny --no-gemms` prepares a second carry for a second
+call (README.md). A carry over the limit is refused (exit status 1).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ WHEELS = {"apache-tvm": "0.27.0.post1", "apache-tvm-ffi": "0.1.14.post0"}
 RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_runtime_cuda.so", "libtvm_runtime_extra.so")
 SKIP_PREFIXES = ("tvm/3rdparty/", "tvm/src/", "tvm/include/", "tvm/web/", "tvm_ffi/3rdparty/",
                  "tvm_ffi/include/", "tvm_ffi/src/", "tvm_ffi/cython/")
-CARRY_BUDGET_MIB = 40
+CARRY_LIMIT_MIB = 64  # what the device tool carries to the GPU machine, at most
+SECOND_CARRY = ("swin_tiny",)  # left out of the default carry: over the limit with DeiT-S
 
 # name -> (model_config name, overrides, batches with references)
 MODELS = {
@@ -215,7 +221,11 @@ def prepare_gemms(arch: str, out: Path) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_90", help='GPU arch, "sm_90" for the H200')
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models", nargs="*", choices=list(MODELS),
+        default=[name for name in MODELS if name not in SECOND_CARRY],
+        help=f"models to prepare (default: all but {', '.join(SECOND_CARRY)}, which goes in a "
+             f"second carry: the {CARRY_LIMIT_MIB} MiB limit)")
     parser.add_argument("--no-gemms", dest="gemms", action="store_false",
                         help="skip the DeiT-S GEMM library (gemms.so)")
     args = parser.parse_args(argv)
@@ -243,11 +253,18 @@ def main(argv=None) -> int:
             log(f"gemms: NOT PREPARED: {type(error).__name__}: {error}")
             manifest["gemms"] = {"name": "gemms", "status": "not prepared",
                                  "error": f"{type(error).__name__}: {error}"[:2000]}
+    for name in MODELS:
+        if name not in args.models:
+            manifest["models"][name] = {
+                "name": name, "status": "not carried",
+                "error": f"not in this carry (prepare --models {name}, a second device call)"}
     (CARRY / "manifest.json").write_text(json.dumps(manifest, indent=2))
     total = sum(f.stat().st_size for f in CARRY.iterdir() if f.is_file())
     log(f".gpu_carry: {total / 2**20:.1f} MiB in {len(list(CARRY.iterdir()))} files")
-    if total > CARRY_BUDGET_MIB * 2**20:
-        log(f"WARNING: over the {CARRY_BUDGET_MIB} MiB carry budget")
+    if total > CARRY_LIMIT_MIB * 2**20:
+        log(f"ERROR: over the {CARRY_LIMIT_MIB} MiB the device tool carries: prepare fewer "
+            f"models per carry (--models ...)")
+        return 1
     return 0
 
 
