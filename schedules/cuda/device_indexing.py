@@ -24,7 +24,8 @@ With a symbolic batch, a GEMM's epilogue skips the padded rows of its last tile 
 `(row // tokens) < batch` per store: an int64 division by a constant, 64 of them per thread in
 a DeiT-S GEMM. For a divisor c > 0, `x // c < n` is `x < n * c` (floor division: x // c <= n - 1
 exactly when x < n * c; truncated division too where x >= 0 is proved), one multiply that
-CommonSubexprElim and nvcc hoist.
+CommonSubexprElim and nvcc hoist. Only where n * c cannot overflow: a constant n whose
+product fits, or an int64 shape expression (the batch; an int32 one could overflow).
 
 Runs in the device finalization of the "ivit_cuda" TIR pipeline (build.py).
 """
@@ -117,12 +118,24 @@ def simplify_device_indexing(func: tirx.PrimFunc) -> tirx.PrimFunc:
         x, divisor = quotient.a, quotient.b
         if isinstance(quotient, tirx.Div) and not analyzer.can_prove(x >= 0):
             return node  # truncated division rounds up below zero: not this identity
+        if not _product_fits(limit, int(divisor)):
+            return node
         return tirx.LT(x, limit * divisor)
 
     body = tvm_ffi.structural_mutate(
         func.body, [(kind, division) for kind in DIVISIONS]
         + [(tvm.ir.Call, shuffle), (tirx.LT, row_guard)])
     return func.with_body(body)
+
+
+def _product_fits(limit, divisor: int) -> bool:
+    """limit * divisor cannot overflow: a constant whose product fits its dtype, or an int64
+    shape expression (a batch: the product counts rows of a tensor in memory)."""
+    dtype = str(limit.ty)
+    if isinstance(limit, IntImm):
+        bits = int(dtype.removeprefix("int") or 0) if dtype.startswith("int") else 0
+        return bits > 0 and abs(int(limit) * divisor) < 2 ** (bits - 1)
+    return dtype == "int64"
 
 
 @tvm.transform.module_pass(opt_level=0, name="SimplifyDeviceIndexing")

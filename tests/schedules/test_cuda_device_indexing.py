@@ -149,3 +149,13 @@ def test_row_guards_compare_without_dividing():
     assert len(lts) == 4 and len(divided) == 1  # only the truncated division of x < 0
     for n in (-20, -15, -14, -1, 0, 1, 7, 32, 33, 100):
         np.testing.assert_array_equal(run_guards(rewritten, n), run_guards(guards, n), str(n))
+
+
+@T.prim_func
+def guards_near_overflow(out: T.Buffer((64,), "int32")):
+    for i in range(64):
+        out[i] = T.Select(T.floordiv(i * 5, 7) < 2**31 // 4, 1, 0)  # 7 * 2**29 overflows int32
+
+
+def test_row_guard_whose_product_would_overflow_is_kept():
+    assert count(simplify_device_indexing(guards_near_overflow), (tirx.FloorDiv,)) == 1
