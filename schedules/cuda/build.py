@@ -13,7 +13,7 @@ from tvm import tirx
 from tvm.tirx.compilation_pipeline import get_tir_pipeline, register_tir_pipeline
 
 from ..targets import TargetInfo
-from .device_indexing import simplify_device_indexing_pass
+from .device_indexing import pair_adjacent_stores_pass, simplify_device_indexing_pass
 from .gemm import GemmStrategy
 from .pipeline import cuda_pipeline
 from .toolkit import nvcc_kernels
@@ -29,11 +29,13 @@ TIR_PIPELINE = "ivit_cuda"  # TVM's s_tir pipeline, its device finalization with
 
 def _device_passes() -> tvm.transform.Pass:
     """TVM's device finalization with SimplifyDeviceIndexing after LowerWarpMemory, so the mma
-    fragments are indexed by constants and stay in registers (device_indexing.py)."""
+    fragments are indexed by constants and stay in registers, and PairAdjacentStores after
+    the simplifier, so the epilogue stores int8 column pairs as char2 (device_indexing.py)."""
     return tvm.transform.Sequential([
         tirx.transform.LowerWarpMemory(),
         simplify_device_indexing_pass,
         tirx.transform.StmtSimplify(),
+        pair_adjacent_stores_pass,
         tirx.transform.LowerIntrin(),
     ])
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import tvm
 import tvm_ffi
 from tvm import tirx
+from tvm.ir.expr import TensorLoad as LOAD
 from tvm.ir.prim.expr import IntImm
 
 DIVISIONS = (tirx.Div, tirx.FloorDiv, tirx.Mod, tirx.FloorMod)
@@ -128,6 +129,81 @@ def simplify_device_indexing(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return func.with_body(body)
 
 
+PAIRED_DTYPES = ("int8", "uint8", "int16")  # two of them: one 2- or 4-byte store
+
+
+def pair_adjacent_stores(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` with each two consecutive statements that store one int8/int16 element each to
+    `buf[i]` and `buf[i + 1]` (i provably even), under the same condition or none, merged
+    into one vector store `buf[i:i + 2] = (v1, v2)`: the GEMM epilogue's column pair, one
+    char2/short2 store instead of two byte/short stores. The values must not read `buf`;
+    their let bindings move ahead of the merged store (each binding is local to its branch)."""
+    analyzer, _, _ = _bounded_analyzer(func)
+
+    def merge(node, mutator):
+        node = mutator.default_mutate(node)
+        stmts, merged, changed = list(node.seq), [], False
+        index = 0
+        while index < len(stmts):
+            pair = _store_pair(stmts[index], stmts[index + 1], analyzer) \
+                if index + 1 < len(stmts) else None
+            if pair is None:
+                merged.append(stmts[index])
+                index += 1
+                continue
+            merged.append(pair)
+            changed = True
+            index += 2
+        if not changed:
+            return node
+        return merged[0] if len(merged) == 1 else tirx.SeqStmt(merged)
+
+    return func.with_body(tvm_ffi.structural_mutate(func.body, [(tirx.SeqStmt, merge)]))
+
+
+def _guarded_store(stmt):
+    """(condition or None, let bindings, store) of `[if c:] [binds...] buf[i] = v`, else None."""
+    condition = None
+    if isinstance(stmt, tirx.IfThenElse):
+        if stmt.else_case is not None:
+            return None
+        condition, stmt = stmt.condition, stmt.then_case
+    body = list(stmt.seq) if isinstance(stmt, tirx.SeqStmt) else [stmt]
+    *binds, store = body
+    if not (isinstance(store, tirx.BufferStore) and all(isinstance(b, tirx.Bind) for b in binds)
+            and len(store.indices) == 1 and str(store.value.ty) in PAIRED_DTYPES):
+        return None
+    return condition, binds, store
+
+
+def _store_pair(first, second, analyzer):
+    """The merged statement of two guarded stores to buf[i], buf[i + 1], else None."""
+    parts = _guarded_store(first), _guarded_store(second)
+    if None in parts:
+        return None
+    (cond1, binds1, store1), (cond2, binds2, store2) = parts
+    if (cond1 is None) != (cond2 is None) or (
+            cond1 is not None and not tvm_ffi.structural_equal(cond1, cond2)):
+        return None
+    if not store1.buffer.same_as(store2.buffer):
+        return None
+    i1, i2 = store1.indices[0], store2.indices[0]
+    parity = analyzer.modular_set(i1)
+    if not (analyzer.can_prove_equal(i2 - i1, 1) and parity.coeff % 2 == 0
+            and parity.base % 2 == 0):
+        return None
+    reads = []
+    for value in (store1.value, store2.value):
+        tvm_ffi.structural_walk(value, [(LOAD, reads.append)], order="post")
+    if any(load.source.same_as(store1.buffer) for load in reads):
+        return None
+    vector = tirx.Shuffle([store1.value, store2.value],
+                          [IntImm("int32", 0), IntImm("int32", 1)])
+    store = tirx.BufferStore(store1.buffer, vector, [tirx.Ramp(i1, IntImm(str(i1.ty), 1), 2)])
+    body = tirx.SeqStmt([*binds1, *binds2, store]) if binds1 or binds2 else store
+    return body if cond1 is None else tirx.IfThenElse(cond1, body, None)
+
+
 def _product_fits(limit, divisor: int) -> bool:
     """limit * divisor cannot overflow: a constant whose product fits its dtype, or an int64
     shape expression (a batch: the product counts rows of a tensor in memory)."""
@@ -138,9 +214,9 @@ def _product_fits(limit, divisor: int) -> bool:
     return dtype == "int64"
 
 
-@tvm.transform.module_pass(opt_level=0, name="SimplifyDeviceIndexing")
-def simplify_device_indexing_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, tirx.PrimFunc):
-            mod[gv] = simplify_device_indexing(func)
-    return mod
+simplify_device_indexing_pass = tirx.transform.prim_func_pass(
+    lambda func, _mod, _ctx: simplify_device_indexing(func), opt_level=0,
+    name="SimplifyDeviceIndexing")
+pair_adjacent_stores_pass = tirx.transform.prim_func_pass(
+    lambda func, _mod, _ctx: pair_adjacent_stores(func), opt_level=0,
+    name="PairAdjacentStores")

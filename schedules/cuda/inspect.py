@@ -28,6 +28,8 @@ PTX_PATTERNS = {
     "cp_async": r"\bcp\.async\.c[ag]\.shared\.global\b",
     "ld_shared": r"\bld\.shared\.",
     "ld_global": r"\bld\.global\.",
+    "st_global_byte": r"\bst\.global\.[us]8\b",  # one int8 element
+    "st_global_byte_pair": r"\bst\.global\.v2\.[us]8\b",  # two (char2)
     "shfl": r"\bshfl\.sync\.",
     "local_memory": r"\.local\s",
 }

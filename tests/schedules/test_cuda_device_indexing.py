@@ -1,8 +1,10 @@
 """device_indexing.simplify_device_indexing: a division or modulo folds only where its value
 is one constant (proved with the thread extents, constant loop ranges and let values), a warp
 shuffle goes only where the source lane is the caller's own, and `x // c < n` becomes
-`x < n * c`. The rewritten functions compute what the originals do (run on llvm over every
-loop value, and a range of n); the CUDA kernels it is for keep their fragments in registers
+`x < n * c`; pair_adjacent_stores merges two int8/int16 stores to buf[i], buf[i + 1] (i even,
+same condition, values not reading buf) into one vector store. The rewritten functions
+compute what the originals do (run on llvm over every loop value, and a range of n); the CUDA
+kernels they are for keep their fragments in registers and store column pairs as char2
 (tests/schedules/test_cuda_mma.py, test_cuda_build.py)."""
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import tvm_ffi
 from ivit_tvm.schedules.cuda.device_indexing import (
     DIVISIONS,
     WARP_SHUFFLE,
+    pair_adjacent_stores,
     simplify_device_indexing,
 )
 from tvm import tirx
@@ -159,3 +162,59 @@ def guards_near_overflow(out: T.Buffer((64,), "int32")):
 
 def test_row_guard_whose_product_would_overflow_is_kept():
     assert count(simplify_device_indexing(guards_near_overflow), (tirx.FloorDiv,)) == 1
+
+
+# ---- paired stores -----------------------------------------------------------------------
+def pair_func(first: int, second: int, second_limit: int = 0, dtype: str = "int8",
+              read_out: bool = False) -> tirx.PrimFunc:
+    """Per i < 16: if i < n: out[2i + first] = a[i] ...; if i < n + second_limit:
+    out[2i + second] = a[i] + 1 (or out[0] + 1 with read_out)."""
+
+    @T.prim_func
+    def func(n: T.int32, a: T.Buffer((16,), "int32"), out: T.Buffer((40,), dtype)):
+        for i in range(16):
+            if i < n:
+                out[i * 2 + first] = T.Cast(dtype, a[i] >> 1)
+            if i < n + second_limit:
+                c: T.let[T.int32] = a[i] * 3
+                if read_out:
+                    out[i * 2 + second] = out[0] + T.Cast(dtype, c)
+                else:
+                    out[i * 2 + second] = T.Cast(dtype, c + 1)
+
+    return func
+
+
+def vector_stores(func: tirx.PrimFunc) -> int:
+    stores = []
+    tvm_ffi.structural_walk(func.body, [(tirx.BufferStore, stores.append)], order="post")
+    return sum(isinstance(store.indices[0], tirx.Ramp) for store in stores)
+
+
+def run_pair(func: tirx.PrimFunc, n: int, dtype: str) -> np.ndarray:
+    ex = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
+    a = np.arange(16, dtype="int32") * 37 - 300
+    out = tvm.runtime.tensor(np.full((40,), 5, dtype))
+    ex["main"](n, tvm.runtime.tensor(a), out)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16"])
+def test_adjacent_stores_under_one_condition_become_one_vector_store(dtype):
+    func = pair_func(0, 1, dtype=dtype)
+    paired = pair_adjacent_stores(func)
+    assert vector_stores(func) == 0 and vector_stores(paired) == 1
+    for n in (-1, 0, 5, 16):
+        np.testing.assert_array_equal(run_pair(paired, n, dtype), run_pair(func, n, dtype))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(first=1, second=2),  # odd first index: a 2-byte store would be misaligned
+    dict(first=0, second=2),  # not adjacent
+    dict(first=0, second=1, second_limit=1),  # different conditions
+    dict(first=0, second=1, dtype="int32"),  # not a narrow element
+    dict(first=0, second=1, read_out=True),  # the second value reads the buffer
+], ids=["odd", "gap", "condition", "int32", "reads"])
+def test_other_store_pairs_are_kept(kwargs):
+    func = pair_func(**kwargs)
+    assert vector_stores(pair_adjacent_stores(func)) == 0

@@ -477,8 +477,11 @@ def test_gemm_ptx_has_s8_mma_ldmatrix_and_cp_async(compiled):
         assert counts["ldmatrix"] > 0 and counts["cp_async"] > 0, name
         assert counts["dp4a"] == 0, name
     for n, k in DEIT_S:  # bias, multiplier, shift: one load per column of a lane, not per row
+        counts = per_kernel[f"gemm_{n}x{k}_kernel"]
         lane_columns = mma_tiles.choose_tile(None, n, k).warp_n // 4
-        assert per_kernel[f"gemm_{n}x{k}_kernel"]["ld_global"] == 3 * lane_columns, (arch, n, k)
+        assert counts["ld_global"] == 3 * lane_columns, (arch, n, k)
+        # the epilogue's int8 column pairs: one char2 store each (device_indexing.py)
+        assert counts["st_global_byte"] == 0 and counts["st_global_byte_pair"] > 0, (arch, n, k)
 
 
 def test_gemm_kernels_do_not_spill_and_fit_shared_memory(compiled):
