@@ -1,6 +1,8 @@
 """Device code's index arithmetic as LowerWarpMemory leaves it, made cheap: divisions with
 one constant value folded (the mma fragments then live in registers), shuffles from a lane to
-itself removed, and row guards `row // tokens < batch` compared without dividing.
+itself removed, and row guards `row // tokens < batch` compared without dividing
+(simplify_device_indexing); then, after TVM's simplifier, two adjacent int8/int16 stores as
+one vector store (pair_adjacent_stores).
 
 LowerWarpMemory turns an index `i` into a warp buffer of W lanes x E elements per lane into
 the lane's local index `(i / (W * E)) * E + i % E`. For an mma accumulator tile at
@@ -35,8 +37,9 @@ from __future__ import annotations
 import tvm
 import tvm_ffi
 from tvm import tirx
-from tvm.ir.expr import TensorLoad as LOAD
 from tvm.ir.prim.expr import IntImm
+
+from ..tir_rewrite import LOAD
 
 DIVISIONS = (tirx.Div, tirx.FloorDiv, tirx.Mod, tirx.FloorMod)
 WARP_SHUFFLE = tvm.ir.Op.get("tirx.tvm_warp_shuffle")

@@ -160,9 +160,9 @@ SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*
 SASS_OPCODES = ("IMMA", "HMMA", "LDSM", "LDGSTS", "IDP.4A", "IDP.2A", "SHFL", "LDL", "STL")
 
 
-def sass_instructions(cubin: bytes) -> dict[str, dict[str, int]]:
-    """Per-kernel counts of SASS_OPCODES from `cuobjdump -sass` (needs cuobjdump and nvdisasm;
-    toolkit.find_cuda_tool)."""
+def sass_opcodes(cubin: bytes) -> dict[str, dict[str, int]]:
+    """Per-kernel counts of every SASS opcode (with its modifiers, e.g. "IMMA.16832.S8.S8")
+    from `cuobjdump -sass` (needs cuobjdump and nvdisasm; toolkit.find_cuda_tool)."""
     from pathlib import Path
 
     from .toolkit import find_cuda_tool
@@ -183,10 +183,15 @@ def sass_instructions(cubin: bytes) -> dict[str, dict[str, int]]:
     current = None
     for line in proc.stdout.splitlines():
         if match := re.search(r"Function : (\w+)", line):
-            current = counts.setdefault(match.group(1), dict.fromkeys(SASS_OPCODES, 0))
+            current = counts.setdefault(match.group(1), {})
         elif current is not None and (match := SASS_LINE.search(line)):
-            opcode = match.group(1)
-            for name in SASS_OPCODES:
-                if opcode == name or opcode.startswith(name + "."):
-                    current[name] += 1
+            current[match.group(1)] = current.get(match.group(1), 0) + 1
     return counts
+
+
+def sass_instructions(cubin: bytes) -> dict[str, dict[str, int]]:
+    """Per-kernel counts of SASS_OPCODES (an opcode with any modifiers counts for its name)."""
+    return {kernel: {name: sum(n for opcode, n in opcodes.items()
+                               if opcode == name or opcode.startswith(name + "."))
+                     for name in SASS_OPCODES}
+            for kernel, opcodes in sass_opcodes(cubin).items()}
