@@ -50,6 +50,8 @@ def markdown(results: dict) -> str:
         lines += [f"torch: {bench['torch']}", ""]
     for name, error in bench.get("errors", {}).items():
         lines.append(f"- {name} failed: {error.strip().splitlines()[-1]}")
+    for name, reason in bench.get("skipped", {}).items():  # e.g. in another carry
+        lines.append(f"- {name} not timed: {reason}")
     if bench.get("missing"):
         lines.append(f"- no benchmark results ({bench['missing']})")
     return "\n".join(lines) + "\n"

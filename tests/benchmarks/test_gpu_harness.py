@@ -68,6 +68,8 @@ def test_report_tables_give_speedups_and_gemm_peak_fraction():
                              ("ivit-tvm-int8", 32, 4.0), ("torch-fp16", 32, 10.0))]
     gemms = [{"gemm": "fc1", "m": 6304, "k": 384, "n": 1536, "engine": "ivit-tvm",
               "median_ms": 0.01, "tops": 742.9, "peak_fraction": 0.375}]
-    text = report.markdown({"bench": {"results": rows, "gemms": gemms}})
+    skipped = {"swin_tiny": "not in this carry"}
+    text = report.markdown({"bench": {"results": rows, "gemms": gemms, "skipped": skipped}})
     assert "| ivit-tvm speedup vs torch-fp16 | 1.50x | 2.50x |" in text
     assert "| fc1 | 6304 x 384 x 1536 | ivit-tvm | 0.0100 | 742.9 | 38% |" in text
+    assert "- swin_tiny not timed: not in this carry" in text
