@@ -40,9 +40,10 @@ def kernel_table(name: str, arch: str, batch: int | None = None, **overrides) ->
     for kernel, opcodes in sorted(sass_opcodes(cubin).items()):
         if re.fullmatch(r"reshape\d*_kernel", kernel):
             continue
-        base: dict[str, int] = {}
+        base: dict[str, int] = {}  # opcode without its modifiers ("IMMA.16832.S8.S8": IMMA)
         for opcode, count in opcodes.items():
-            base[opcode.split(".")[0]] = base.get(opcode.split(".")[0], 0) + count
+            name = opcode.split(".")[0]
+            base[name] = base.get(name, 0) + count
         usage = resources.get(kernel)
         rows.append({"kernel": kernel, "total": sum(opcodes.values()), "opcodes": base,
                      "registers": usage.registers if usage else None,
@@ -74,7 +75,10 @@ def markdown(rows: list[dict], title: str) -> str:
 def main(model, arch, depth, batch, out):
     """Per-kernel SASS mix, registers, stack and shared memory of MODEL built for CUDA."""
     overrides = {} if depth is None else {"depth": depth}
-    rows = kernel_table(model, arch, batch, **overrides)
+    try:
+        rows = kernel_table(model, arch, batch, **overrides)
+    except (ValueError, FileNotFoundError) as error:  # unknown model or arch, no toolkit
+        raise click.ClickException(str(error)) from error
     shape = f"depth {depth}, " if depth else ""
     text = markdown(rows, f"{model} ({shape}batch {batch or 'dynamic'}) on {arch}")
     click.echo(text)

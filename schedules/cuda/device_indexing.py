@@ -39,7 +39,7 @@ import tvm_ffi
 from tvm import tirx
 from tvm.ir.prim.expr import IntImm
 
-from ..tir_rewrite import LOAD
+from ivit_tvm.ops.tir_query import count_loads, seq_stmts
 
 DIVISIONS = (tirx.Div, tirx.FloorDiv, tirx.Mod, tirx.FloorMod)
 WARP_SHUFFLE = tvm.ir.Op.get("tirx.tvm_warp_shuffle")
@@ -171,8 +171,7 @@ def _guarded_store(stmt):
         if stmt.else_case is not None:
             return None
         condition, stmt = stmt.condition, stmt.then_case
-    body = list(stmt.seq) if isinstance(stmt, tirx.SeqStmt) else [stmt]
-    *binds, store = body
+    *binds, store = seq_stmts(stmt)
     if not (isinstance(store, tirx.BufferStore) and all(isinstance(b, tirx.Bind) for b in binds)
             and len(store.indices) == 1 and str(store.value.ty) in PAIRED_DTYPES):
         return None
@@ -195,10 +194,7 @@ def _store_pair(first, second, analyzer):
     if not (analyzer.can_prove_equal(i2 - i1, 1) and parity.coeff % 2 == 0
             and parity.base % 2 == 0):
         return None
-    reads = []
-    for value in (store1.value, store2.value):
-        tvm_ffi.structural_walk(value, [(LOAD, reads.append)], order="post")
-    if any(load.source.same_as(store1.buffer) for load in reads):
+    if count_loads(store1.value, store1.buffer) or count_loads(store2.value, store1.buffer):
         return None
     vector = tirx.Shuffle([store1.value, store2.value],
                           [IntImm("int32", 0), IntImm("int32", 1)])
@@ -212,8 +208,7 @@ def _product_fits(limit, divisor: int) -> bool:
     shape expression (a batch: the product counts rows of a tensor in memory)."""
     dtype = str(limit.ty)
     if isinstance(limit, IntImm):
-        bits = int(dtype.removeprefix("int") or 0) if dtype.startswith("int") else 0
-        return bits > 0 and abs(int(limit) * divisor) < 2 ** (bits - 1)
+        return abs(int(limit) * divisor) <= int(tirx.max_value(dtype))
     return dtype == "int64"
 
 

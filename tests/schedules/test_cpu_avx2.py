@@ -15,6 +15,7 @@ from gemm_kernels import I64, build, call, check_dense, dense_kernel, int_inputs
 from ivit_tvm.schedules.backend import get_backend, make_target
 from ivit_tvm.schedules.cpu import dense, gemm, isa, matmul, packing
 from ivit_tvm.schedules.cpu.pipeline import cpu_pipeline
+from scheduled_models import AVX2
 from support import DEIT, SWIN, images, quantized
 from tvm import relax, te, tirx
 
@@ -22,7 +23,6 @@ from ivit_tvm import ops
 from ivit_tvm.frontend import from_model
 
 LLVM = get_backend("llvm")
-AVX2 = LLVM.resolve(tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3", "num-cores": 2}))
 AVXVNNI = LLVM.resolve(tvm.target.Target({"kind": "llvm", "mcpu": "alderlake", "num-cores": 2}))
 PORTABLE = LLVM.resolve(tvm.target.Target({"kind": "llvm", "mcpu": "x86-64", "num-cores": 2}))
 HOST_HAS_AVX2 = make_target("llvm").caps.vector_bytes >= 32

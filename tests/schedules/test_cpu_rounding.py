@@ -13,7 +13,7 @@ import tvm_ffi
 from ivit_tvm.schedules.backend import get_backend
 from ivit_tvm.schedules.cpu.pipeline import schedule_primfunc
 from ivit_tvm.schedules.cpu.rounding import rewrite_rounding_shifts
-from scheduled_models import prim_funcs, scheduled
+from scheduled_models import AVX2, prim_funcs, scheduled
 from support import DEIT
 from tvm import relax, tirx
 from tvm.target import codegen
@@ -24,7 +24,6 @@ from ivit_tvm.quant import functional as F
 
 HOST = get_backend("llvm").resolve(tvm.target.Target(
     {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}))
-AVX2 = get_backend("llvm").resolve(tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"}))
 
 
 def requantize_func(dtype: str, multiplier: int, shift: int, bits: int) -> tirx.PrimFunc:

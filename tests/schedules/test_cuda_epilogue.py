@@ -30,13 +30,24 @@ def clamped_reads(func: tirx.PrimFunc) -> int:
     return len(found)
 
 
-@T.prim_func
-def all_clamped(p: T.Buffer((8,), "int64"), out: T.Buffer((8, 2), "int64")):
-    p_local = T.alloc_local((1,), "int64")
-    for i in range(8):
-        p_local[0] = p[i]
-        out[i, 0] = T.int64(1) << T.min(T.max(p_local[0], T.int64(1)), T.int64(62)) - T.int64(1)
-        out[i, 1] = T.int64(-1000) >> T.min(T.max(p_local[0], T.int64(1)), T.int64(62))
+def clamped_reads_of_copy(second_lo: int) -> tirx.PrimFunc:
+    """A register copy p_local read twice, clamped to [1, 62] and to [second_lo, 62]."""
+
+    @T.prim_func
+    def func(p: T.Buffer((8,), "int64"), out: T.Buffer((8, 2), "int64")):
+        p_local = T.alloc_local((1,), "int64")
+        for i in range(8):
+            p_local[0] = p[i]
+            out[i, 0] = (T.int64(1) << T.min(T.max(p_local[0], T.int64(1)), T.int64(62))
+                         - T.int64(1))
+            out[i, 1] = T.int64(-1000) >> T.min(T.max(p_local[0], T.int64(second_lo)),
+                                                T.int64(62))
+
+    return func
+
+
+all_clamped = clamped_reads_of_copy(1)
+two_clamps = clamped_reads_of_copy(0)
 
 
 @T.prim_func
@@ -46,15 +57,6 @@ def one_read_unclamped(p: T.Buffer((8,), "int64"), out: T.Buffer((8, 2), "int64"
         p_local[0] = p[i]
         out[i, 0] = T.int64(1) << T.min(T.max(p_local[0], T.int64(1)), T.int64(62)) - T.int64(1)
         out[i, 1] = p_local[0]
-
-
-@T.prim_func
-def two_clamps(p: T.Buffer((8,), "int64"), out: T.Buffer((8, 2), "int64")):
-    p_local = T.alloc_local((1,), "int64")
-    for i in range(8):
-        p_local[0] = p[i]
-        out[i, 0] = T.min(T.max(p_local[0], T.int64(1)), T.int64(62))
-        out[i, 1] = T.min(T.max(p_local[0], T.int64(0)), T.int64(62))
 
 
 def run(func: tirx.PrimFunc, p: np.ndarray) -> np.ndarray:
