@@ -31,6 +31,7 @@ from tvm import relax, tirx
 from ivit_tvm.ops import names
 
 LAYOUT_FUNC = re.compile(r"(reshape|transpose|strided_slice|broadcast_to)\d*")
+SHIFTMAX_FUNC = re.compile(rf"(fused_)*({names.SHIFTMAX}|{names.SHIFTMAX_MASKED})\d*")
 INJECTIVE = 2  # relax OpPatternKind: elementwise 0, broadcast 1, injective 2
 ATTENTION_FUNC = re.compile(rf"(fused_)*{names.BATCH_MATMUL}\w*")
 GROUP_ATTR = "ivit.attention_layout"  # on each grouped Relax function, before FuseTIR
@@ -58,8 +59,9 @@ def _plain(call: relax.Call) -> bool:
 class _Function:
     """One Relax function's dataflow bindings, by variable, with use counts."""
 
-    def __init__(self, func: relax.Function, mod: tvm.IRModule):
+    def __init__(self, func: relax.Function, mod: tvm.IRModule, shiftmax=None):
         self.mod = mod
+        self.shiftmax = shiftmax  # PrimFunc -> bool: may the matmul take in its Shiftmax
         self.binding = {}
         self.order = {}
         self.uses: dict = {}
@@ -77,8 +79,9 @@ class _Function:
         binding = self.binding.get(var)
         return None if binding is None else _callee(binding.value, self.mod)
 
-    def producers(self, var) -> list:
-        """The layout bindings producing `var`, innermost first (a single-input chain)."""
+    def producers(self, var, matmul: str | None = None) -> list:
+        """The layout bindings producing `var`, innermost first (a single-input chain),
+        after the Shiftmax producing the chain where `matmul` (a PrimFunc name) takes it in."""
         chain = []
         while (name := self.callee(var)) is not None and LAYOUT_FUNC.fullmatch(name):
             call = self.binding[var].value
@@ -86,6 +89,10 @@ class _Function:
                 break
             chain.append(self.binding[var])
             var = _tensor_args(call)[0]
+        name = self.callee(var)
+        if (matmul is not None and self.shiftmax is not None and name is not None
+                and SHIFTMAX_FUNC.fullmatch(name) and self.shiftmax(self.mod[matmul])):
+            chain.append(self.binding[var])  # its logits and table/mask: group inputs
         return chain[::-1]
 
     def consumers(self, var) -> list:
@@ -139,16 +146,18 @@ def _group(bindings: list) -> tuple[relax.Function, list]:
     return func.with_attr("Primitive", 1).with_attr(GROUP_ATTR, 1), inputs
 
 
-def attention_groups(func: relax.Function, mod: tvm.IRModule) -> list[tuple[str, list]]:
+def attention_groups(func: relax.Function, mod: tvm.IRModule,
+                     shiftmax=None) -> list[tuple[str, list]]:
     """Per attention matmul with layout to fold: (its PrimFunc's name, the group's bindings in
-    program order)."""
-    index = _Function(func, mod)
+    program order); shiftmax (PrimFunc -> bool): where it holds for the matmul, probs @ V's
+    group takes the Shiftmax producing its probabilities."""
+    index = _Function(func, mod, shiftmax)
     groups = []
     for var, binding in index.binding.items():
         name = _callee(binding.value, mod)
         if name is None or not ATTENTION_FUNC.fullmatch(name):
             continue
-        members = [b for arg in _tensor_args(binding.value) for b in index.producers(arg)]
+        members = [b for arg in _tensor_args(binding.value) for b in index.producers(arg, name)]
         members += [binding, *index.consumers(var)]
         if len(members) == 1 or not all(_plain(b.value) for b in members):
             continue
@@ -157,8 +166,21 @@ def attention_groups(func: relax.Function, mod: tvm.IRModule) -> list[tuple[str,
     return groups
 
 
-@tvm.transform.module_pass(opt_level=0, name="FoldAttentionLayout")
-def fold_attention_layout(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+def fold_attention(shiftmax=None) -> tvm.transform.Pass:
+    """FoldAttentionLayout; with shiftmax (PrimFunc -> bool, e.g. "runs on tensor cores"):
+    FoldAttentionShiftmax, which also copies each Shiftmax into the group of every matmul
+    reading its probabilities for which shiftmax(matmul) holds (CUDA: computed in the GEMM's
+    prologue, schedules/cuda/prologue.py), so Shiftmax is not a kernel of its own."""
+
+    @tvm.transform.module_pass(
+        opt_level=0, name="FoldAttentionLayout" if shiftmax is None else "FoldAttentionShiftmax")
+    def fold(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return _fold(mod, shiftmax)
+
+    return fold
+
+
+def _fold(mod: tvm.IRModule, shiftmax) -> tvm.IRModule:
     """Group attention matmuls with their layout chains (module docstring); FuseTIR merges
     the groups, DeadCodeElimination drops the layout calls left without users."""
     builder = relax.BlockBuilder(mod)
@@ -167,7 +189,7 @@ def fold_attention_layout(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
             continue
         replace = {}
-        for matmul, bindings in attention_groups(func, mod):
+        for matmul, bindings in attention_groups(func, mod, shiftmax):
             group, inputs = _group(bindings)
             group_gv = builder.add_func(group, f"{matmul}_heads")  # names keep the matmul's
             count += 1
@@ -191,15 +213,19 @@ def _rebind(func: relax.Function, replace: dict) -> relax.Function:
                           func.is_pure, func.attrs)
 
 
-def fusion_passes() -> list[tvm.transform.Pass]:
+fold_attention_layout = fold_attention()
+
+
+def fusion_passes(fold_shiftmax=None) -> list[tvm.transform.Pass]:
     """Relax ops -> TIR, then fuse each GEMM/row op with its elementwise epilogue, and
     attention's matmuls with the head split and merge around them (TVM's legalize passes with
-    FoldAttentionLayout before FuseOps)."""
+    FoldAttentionLayout before FuseOps). fold_shiftmax (PrimFunc -> bool): FoldAttentionShiftmax
+    instead, folding Shiftmax into the probs @ V matmuls it holds for (fold_attention)."""
     return [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
-        fold_attention_layout,
+        fold_attention_layout if fold_shiftmax is None else fold_attention(fold_shiftmax),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ]

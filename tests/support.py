@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import torch
@@ -75,3 +76,13 @@ def digit_folder(root, per_class: int):
         for i, index in enumerate((labels == digit).nonzero()[0][:per_class]):
             data.to_pil(digits[index]).save(root / str(digit) / f"{i}.png")
     return root
+
+
+# ---- generated CUDA source ---------------------------------------------------------------
+# TVM's fallback all-reduce for narrow dtypes: a volatile shared-memory tree (no __syncwarp)
+VOLATILE_TREE = re.compile(r"\(\(volatile [^)]*\)\s*\w+\)\[[^\]]*threadIdx")
+
+
+def kernel_body(source: str) -> str:
+    """The kernel definition(s) of a generated source, without the header's macros."""
+    return source[source.index('extern "C" __global__'):]

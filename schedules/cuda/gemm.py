@@ -32,7 +32,8 @@ from tvm.s_tir.dlight.gpu.matmul import (
 )
 from tvm.target import Target
 
-from . import intrin, mma
+from . import intrin, mma, prologue
+from .rowwise import retype_reductions
 
 INT_INPUTS = ("int8", "uint8", "int16")
 
@@ -83,23 +84,31 @@ def _static(extent) -> int | None:
     return int(extent) if isinstance(extent, tirx.IntImm | int) else None
 
 
+def _is_gemm(stmt: s_tir.SBlock) -> bool:
+    """An int32 sum of products of two int8/uint8/int16 operands in GEMM form."""
+    return (
+        len(stmt.reads) == 2 and len(stmt.writes) == 1
+        and str(stmt.writes[0].source.dtype) == "int32"
+        and all(str(region.source.dtype) in INT_INPUTS for region in stmt.reads)
+        and get_index_map(stmt) is not None
+    )
+
+
 def match_integer_gemm(sch: s_tir.Schedule) -> GemmMatch | None:
-    """The single int32 GEMM block of the function with int8/int16 operands, or None."""
+    """The single int32 GEMM block of the function with int8/int16 operands, or None. Other
+    reductions are allowed only as row statistics upstream of the GEMM (a row prologue:
+    mma.row_prologue, e.g. Shiftmax's row max and sum before probs @ V)."""
     blocks = sch.get_child_blocks(get_root_block(sch))
     reductions = get_reduction_blocks(sch, blocks)
     if reductions is None:
-        return None
+        reductions = _prologue_and_gemm(sch, blocks)
+        if reductions is None:
+            return None
     block = reductions[0]
     stmt = sch.get(block)
-    if len(stmt.reads) != 2 or len(stmt.writes) != 1:
-        return None
-    if str(stmt.writes[0].source.dtype) != "int32":
+    if not _is_gemm(stmt):
         return None
     dtypes = tuple(str(region.source.dtype) for region in stmt.reads)
-    if not all(dtype in INT_INPUTS for dtype in dtypes):
-        return None
-    if get_index_map(stmt) is None:
-        return None
     reduce_vars = {iv.var for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce}
     k_contiguous = tuple(
         isinstance(region.region[-1].min, tirx.Var) and region.region[-1].min in reduce_vars
@@ -107,6 +116,22 @@ def match_integer_gemm(sch: s_tir.Schedule) -> GemmMatch | None:
     )
     last_extent = tuple(_static(region.source.shape[-1]) for region in stmt.reads)
     return GemmMatch(block, dtypes, k_contiguous, last_extent)
+
+
+def _prologue_and_gemm(sch: s_tir.Schedule, blocks) -> list | None:
+    """[the GEMM block] where the function's other reductions all come before it (its row
+    prologue's statistics), else None."""
+    gemms = [block for block in blocks if _is_gemm(sch.get(block))]
+    if len(gemms) != 1:
+        return None
+    position = [sch.get(block).same_as(sch.get(gemms[0])) for block in blocks].index(True)
+    kinds = [{iv.iter_type for iv in sch.get(block).iter_vars} for block in blocks]
+    if any(kind - {tirx.IterVar.DataPar, tirx.IterVar.CommReduce} for kind in kinds):
+        return None
+    later = kinds[position + 1:]
+    if any(tirx.IterVar.CommReduce in kind for kind in later):
+        return None
+    return gemms
 
 
 def _vector_lanes(match: GemmMatch, operand: int, tile: GemmTile) -> int:
@@ -140,19 +165,44 @@ class IntegerGemm(GPUScheduleRule):
         if match is None:
             return None
         name = sch.get(match.block).name_hint
-        if self.strategy in (GemmStrategy.AUTO, GemmStrategy.MMA):
-            plan = mma.plan_mma(func, name, match.dtypes, match.k_contiguous, target,
-                                self.mma_tile, row_bytes=match.last_extent)  # int8: 1 byte
-            if plan is not None:
-                scheduled = mma.mma_func(sch, match.block, plan.tile, self.tensorize,
-                                         fetches=plan.fetches)
-                return s_tir.Schedule(scheduled.with_attr(
-                    GEMM_ATTR, _choice("mma", plan.tile.name, plan.shape)))
+        with_prologue = bool(prologue.statistic_blocks(sch, match.block))
+        if with_prologue:  # its reductions all-reduce over lanes: in shuffle-safe dtypes
+            func = retype_reductions(func)
+            sch = s_tir.Schedule(func)
+            match = match_integer_gemm(sch)
+        plan = self._plan(func, match, name, target)
+        if plan is not None:
+            scheduled = mma.mma_func(sch, match.block, plan.tile, self.tensorize,
+                                     fetches=plan.fetches)
+            return s_tir.Schedule(scheduled.with_attr(
+                GEMM_ATTR, _choice("mma", plan.tile.name, plan.shape)))
+        if with_prologue:
+            raise ValueError(
+                f"{name}: a GEMM with a row prologue (Shiftmax folded into probs @ V) needs "
+                f"the tensor-core schedule, which does not apply here ({target}); the CUDA "
+                "pipeline folds Shiftmax only for sm_80+ and the mma/auto strategies")
         shape = mma.gemm_shape(func, name)
         use_dp4a = self.strategy is not GemmStrategy.SCALAR and match.dtypes == ("int8", "int8")
         self._schedule(sch, match, use_dp4a)
         return s_tir.Schedule(sch.mod["main"].with_attr(
             GEMM_ATTR, _choice("dp4a" if use_dp4a else "scalar", self._tile_name(), shape)))
+
+    def _plan(self, func: tirx.PrimFunc, match: GemmMatch, name: str,
+              target: Target) -> mma.MmaPlan | None:
+        """The tensor-core plan for the GEMM block `name` of `func`; None: dp4a/scalar."""
+        if self.strategy not in (GemmStrategy.AUTO, GemmStrategy.MMA):
+            return None
+        return mma.plan_mma(func, name, match.dtypes, match.k_contiguous, target,
+                            self.mma_tile, row_bytes=match.last_extent)  # int8: 1 byte
+
+    def runs_on_tensor_cores(self, func: tirx.PrimFunc, target: Target) -> bool:
+        """Whether this rule puts the GEMM of `func` on tensor cores (mma.py) for `target`."""
+        if not isinstance(func, tirx.PrimFunc):
+            return False
+        sch = s_tir.Schedule(func)
+        match = match_integer_gemm(sch)
+        return match is not None and self._plan(
+            func, match, sch.get(match.block).name_hint, target) is not None
 
     def _tile_name(self) -> str:
         tile = self.tile

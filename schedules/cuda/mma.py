@@ -36,7 +36,7 @@ from tvm.target import Target
 
 from ..targets import MIN_TENSOR_CORE_ARCH, sm_number
 from ..tir_rewrite import LOAD, map_func, substitute, substitute_region
-from . import mma_intrin
+from . import mma_intrin, prologue
 from .mma_intrin import TILE_K, TILE_M, TILE_N, WARP, ab_layout, c_layout
 from .mma_tiles import MmaTile, choose_tile
 
@@ -168,9 +168,13 @@ def schedule_mma(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = Tru
     sch.bind(warp, "threadIdx.y")
 
     # global -> shared (Fetch); rows padded by 16 bytes against bank conflicts.
+    stats = prologue.statistic_blocks(sch, main)  # a row prologue's (prologue.py), or none
     for operand, how in enumerate(fetches):
         fetch = sch.cache_read(main, operand, shared_scope)
         sch.compute_at(fetch, k0, preserve_unit_loops=True)
+        if operand == 0 and stats:
+            prologue.inline_elementwise(sch, fetch, stats)
+            prologue.schedule_statistics(sch, stats, j0, tile.warps)
         rows, cols = sch.get_loops(fetch)[-2:]
         if how is Fetch.ALONG_ROWS:  # consecutive lanes read consecutive rows (B's N axis)
             sch.reorder(cols, rows)
@@ -183,7 +187,8 @@ def schedule_mma(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = Tru
         if how is Fetch.VECTOR:
             sch.vectorize(vec)
         sch.storage_align(fetch, 0, axis=-2, factor=32, offset=16)
-        auto_inline_producers(sch, fetch)
+        if not (operand == 0 and stats):  # a prologue's fetch is inlined already
+            auto_inline_producers(sch, fetch)
 
     # shared -> registers (ldmatrix fragments), per 32-deep k step.
     loads = []

@@ -57,7 +57,8 @@ class MmaTile:
 
 
 # Largest first: the first fitting tile is taken unless padding M (or attention's N) wastes
-# 1/8 of it or more (see choose_tile). k_tile 32 variants serve head_dim 32 (Swin-T's q @ k^T).
+# 1/8 of it or more (see choose_tile). k_tile 32 variants serve head_dim 32 (Swin-T's q @ k^T)
+# and attention's ragged K = tokens.
 # Warp tiles of at most 64x32 (8 mma tiles, 64 int32 accumulators a lane): a 64x64 warp tile
 # spills registers at K = 1536 (measured with ptxas for sm_80).
 TILE_TABLE: tuple[MmaTile, ...] = (
@@ -66,7 +67,8 @@ TILE_TABLE: tuple[MmaTile, ...] = (
     MmaTile(64, 64, 2, 2),
     MmaTile(64, 64, 2, 2, k_tile=32),
     MmaTile(64, 32, 2, 1),
-    MmaTile(32, 32, 1, 1, k_tile=32),
+    MmaTile(32, 64, 1, 2, k_tile=32),  # probs @ V at head_dim 64: one N tile, so a row
+    MmaTile(32, 32, 1, 1, k_tile=32),  # prologue (Shiftmax, prologue.py) runs once per row
 )
 STATIC_SHARED_LIMIT = 48 * 1024  # bytes of static shared memory per block on sm_80..sm_90
 

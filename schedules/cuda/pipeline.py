@@ -63,10 +63,20 @@ def require_gpu_schedule(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return mod
 
 
+def cuda_fusion_passes(strategy: GemmStrategy = GemmStrategy.AUTO,
+                       tile: GemmTile | None = None) -> list[tvm.transform.Pass]:
+    """fusion_passes for the current cuda target: Shiftmax folds into the probs @ V GEMMs
+    that IntegerGemm puts on tensor cores (their row prologue, prologue.py)."""
+    target = tvm.target.Target.current()
+    gemm_rule = IntegerGemm(strategy, tile)
+    return fusion_passes(lambda func: gemm_rule.runs_on_tensor_cores(func, target))
+
+
 def scheduling_passes(strategy: GemmStrategy = GemmStrategy.AUTO, tile: GemmTile | None = None,
                       tensorize: bool = True) -> list[tvm.transform.Pass]:
-    """fusion_passes, then every PrimFunc through schedule_rules (inside a cuda target)."""
-    return [*fusion_passes(),
+    """cuda_fusion_passes, then every PrimFunc through schedule_rules (inside a cuda
+    target)."""
+    return [*cuda_fusion_passes(strategy, tile),
             dlight.ApplyDefaultSchedule(*schedule_rules(strategy, tile, tensorize))]
 
 

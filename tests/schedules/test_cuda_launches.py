@@ -29,8 +29,10 @@ def lowered(config, arch: str = "sm_80", fold: bool = True, monkeypatch=None,
     """The module as build_cuda lowers it (its PassContext config), before VM codegen."""
     info = make_target("cuda", arch=arch)
     mod = apply_graph_passes(lower_model(quantized(config), info, batch=batch)).mod
-    if not fold:
+    if not fold:  # neither the layout nor Shiftmax folded into attention's matmuls
         monkeypatch.setattr(fold_layout, "fold_attention_layout", tvm.transform.Sequential([]))
+        monkeypatch.setattr(fold_layout, "fold_attention",
+                            lambda shiftmax=False: tvm.transform.Sequential([]))
     with tvm.transform.PassContext(config=LOWERING_CONFIG):
         return pipeline.cuda_pipeline(info.target)(mod)
 
@@ -43,13 +45,30 @@ def deit_launches():
 def test_deit_launches_no_head_split_or_merge_kernels(deit_launches, monkeypatch):
     """Per block, 3 strided slices, 4 transposes and the requantize after the head merge are
     gone (the patch embedding's one transpose stays); q @ k^T, and p @ V's two byte GEMMs
-    each carry their layout."""
+    each carry their layout; Shiftmax runs in p @ V's prologue (8 + 1 kernels per block)."""
     layout = {name: n for name, n in deit_launches.items() if LAYOUT_KERNEL.fullmatch(name)}
     assert sum(layout.values()) == 1, layout
     heads = sum(n for name, n in deit_launches.items() if "_heads" in name)
     assert heads == 3 * DEIT.depth
     unfolded = kernel_launches(lowered(DEIT, fold=False, monkeypatch=monkeypatch))
-    assert sum(unfolded.values()) - sum(deit_launches.values()) == 8 * DEIT.depth
+    assert sum(unfolded.values()) - sum(deit_launches.values()) == 9 * DEIT.depth
+
+
+@pytest.mark.parametrize("arch, shiftmax_kernels", [("sm_80", 0), ("sm_75", DEIT.depth)])
+def test_shiftmax_folds_into_probs_at_v_on_tensor_cores(arch, shiftmax_kernels):
+    """On sm_80+ Shiftmax is computed in the prologue of both byte GEMMs of p @ V
+    (schedules/cuda/prologue.py); dp4a targets keep it as a kernel of its own."""
+    launches = kernel_launches(lowered(DEIT, arch=arch))
+    assert sum(n for name, n in launches.items() if "shiftmax" in name) == shiftmax_kernels
+    if shiftmax_kernels == 0:
+        scheduled = pipeline.schedule_module(
+            apply_graph_passes(lower_model(quantized(DEIT), make_target("cuda", arch=arch))).mod,
+            make_target("cuda", arch=arch).target)
+        with_shiftmax = [set(block_names(func)) for func in scheduled.functions.values()
+                         if isinstance(func, tvm.tirx.PrimFunc)
+                         and "shiftmax_row_max" in block_names(func)]
+        assert len(with_shiftmax) >= 2  # the high- and the low-byte GEMM (or more copies)
+        assert all("batch_matmul_acc_update_o" in names for names in with_shiftmax)
 
 
 def test_every_launched_primfunc_is_one_kernel():

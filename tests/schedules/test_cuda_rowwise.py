@@ -33,6 +33,7 @@ from ivit_tvm.schedules.cuda.rowwise import (
 )
 from ivit_tvm.schedules.cuda.toolkit import compile_kernels
 from ivit_tvm.schedules.cuda.twin import build_twin
+from support import VOLATILE_TREE, kernel_body
 from tvm import te, tirx
 
 from ivit_tvm.ops import int_layernorm, requantize, shiftgelu, shiftmax
@@ -141,11 +142,6 @@ def cuda_source(kernel: Kernel) -> str:
     return "\n".join(module.inspect_source() for module in device_modules(executable, "cuda"))
 
 
-def kernel_body(source: str) -> str:
-    """The kernel definition(s) of a generated source, without the header's macros."""
-    return source[source.index('extern "C" __global__'):]
-
-
 # ---- layout -----------------------------------------------------------------------------
 def test_short_rows_get_a_warp_each_and_long_rows_a_block():
     assert row_layout(i64(197)).warp_per_row and row_layout(i64(197)).lanes == WARP
@@ -219,7 +215,6 @@ def test_int32_reductions_appear_in_the_scheduled_tir(kernel):
 
 
 # ---- CUDA source and PTX ----------------------------------------------------------------
-VOLATILE_TREE = re.compile(r"\(\(volatile [^)]*\)\s*\w+\)\[[^\]]*threadIdx")
 
 
 @pytest.mark.parametrize("kernel", KERNELS, ids=kernel_id)
