@@ -68,6 +68,8 @@ def cuda_fusion_passes(strategy: GemmStrategy = GemmStrategy.AUTO,
     """fusion_passes for the current cuda target: Shiftmax folds into the probs @ V GEMMs
     that IntegerGemm puts on tensor cores (their row prologue, prologue.py)."""
     target = tvm.target.Target.current()
+    if target is None:
+        raise ValueError("cuda_fusion_passes: call it inside a cuda target (`with target:`)")
     gemm_rule = IntegerGemm(strategy, tile)
     return fusion_passes(lambda func: gemm_rule.runs_on_tensor_cores(func, target))
 

@@ -17,11 +17,13 @@ Per thread block of the GEMM (mma.py's block tile: `block_m` rows of A, all of K
         (the elementwise blocks inlined into it), B's fetch as before
 
 The statistics of a block's rows are computed once per thread block, i.e. once per N tile
-of the GEMM: probs @ V has N = the head dimension (32 or 64), one or two N tiles, so
-Shiftmax's reductions run once or twice per row instead of once, and its elementwise work
-(a table lookup and a multiply per element) twice (for the high and the low byte GEMM).
-Rows past the operand's end (the padded last M tile) compute statistics that no fetch reads:
-their reads are clamped into the operand (`clamp_padded_rows`), so they stay in bounds.
+of the GEMM: probs @ V has N = the head dimension, and at 64 (DeiT) mma_tiles' 32x64 tile
+covers it, so Shiftmax's reductions run once per row in each of the two byte GEMMs (twice in
+all, against once in a Shiftmax kernel) and its elementwise work (a table lookup and a
+multiply per element) once in each; in exchange the (..., N, N) int16 probabilities are
+neither written nor read back (2 + 2 x 2 bytes per element) and a launch per block is gone.
+Rows past the operand's end (the padded last M tile) are left out by compute_at's predicate
+(`row < tokens`): no statistic reads past the logits.
 """
 
 from __future__ import annotations

@@ -167,3 +167,8 @@ def test_cuda_source_synchronises_statistics_before_the_fetch(probs_at_v, fused)
         first_fetch = body.index("mma_sync") if "mma_sync" in body else len(body)
         between = body[factor_write:first_fetch]
         assert "__syncthreads()" in between, name
+
+
+def test_fusion_passes_need_a_target():
+    with pytest.raises(ValueError, match="inside a cuda target"):
+        cuda_fusion_passes()
