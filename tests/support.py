@@ -86,3 +86,38 @@ VOLATILE_TREE = re.compile(r"\(\(volatile [^)]*\)\s*\w+\)\[[^\]]*threadIdx")
 def kernel_body(source: str) -> str:
     """The kernel definition(s) of a generated source, without the header's macros."""
     return source[source.index('extern "C" __global__'):]
+
+
+# ---- CPU twins of scheduled kernels -----------------------------------------------------
+def concrete_shape(buffer, batch: int) -> tuple[int, ...]:
+    """A buffer's shape with every symbolic extent (the batch) set to `batch`."""
+    import tvm
+    from ivit_tvm.schedules.tir_rewrite import substitute
+    from tvm import tirx
+
+    analyzer, shape = tvm.sym.Analyzer(), []
+    for extent in buffer.shape:
+        vmap = {var: tirx.const(batch, var.ty) for var in tirx.analysis.undefined_vars(extent)}
+        shape.append(int(analyzer.simplify(substitute(extent, vmap))))
+    return tuple(shape)
+
+
+def twin_and_reference(plain, scheduled, arrays: list, batch: int) -> tuple:
+    """(reference, twin) outputs of a kernel: the unscheduled PrimFunc `plain` built for the
+    CPU and the CPU twin of its CUDA schedule `scheduled`, both run on `arrays` (numpy arrays,
+    or the batch as a scalar) with the output, the last parameter, at `batch`."""
+    import tvm
+    from ivit_tvm.schedules.cuda.twin import build_twin
+
+    reference = tvm.compile(tvm.IRModule({"main": plain.with_attr("global_symbol", "main")}),
+                            target=tvm.target.Target({"kind": "llvm"}))["main"]
+    out = plain.params[-1].ty
+    results = []
+    for run in (reference, build_twin(scheduled)["twin"]):
+        args = [tvm.runtime.tensor(a, tvm.cpu(0)) if isinstance(a, np.ndarray) else a
+                for a in arrays]
+        args.append(tvm.runtime.tensor(np.zeros(concrete_shape(out, batch), str(out.dtype)),
+                                       tvm.cpu(0)))
+        run(*args)
+        results.append(args[-1].numpy())
+    return results[0], results[1]

@@ -96,8 +96,8 @@ def _is_gemm(stmt: s_tir.SBlock) -> bool:
 
 def match_integer_gemm(sch: s_tir.Schedule) -> GemmMatch | None:
     """The single int32 GEMM block of the function with int8/int16 operands, or None. Other
-    reductions are allowed only as row statistics upstream of the GEMM (a row prologue:
-    mma.row_prologue, e.g. Shiftmax's row max and sum before probs @ V)."""
+    reductions are allowed only as row statistics upstream of the GEMM (a row prologue,
+    prologue.py: e.g. Shiftmax's row max and sum before probs @ V)."""
     blocks = sch.get_child_blocks(get_root_block(sch))
     reductions = get_reduction_blocks(sch, blocks)
     if reductions is None:

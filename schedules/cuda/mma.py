@@ -172,7 +172,8 @@ def schedule_mma(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = Tru
     for operand, how in enumerate(fetches):
         fetch = sch.cache_read(main, operand, shared_scope)
         sch.compute_at(fetch, k0, preserve_unit_loops=True)
-        if operand == 0 and stats:
+        computed = operand == 0 and bool(stats)  # A computed by the prologue, not copied
+        if computed:
             prologue.inline_elementwise(sch, fetch, stats)
             prologue.schedule_statistics(sch, stats, j0, tile.warps)
         rows, cols = sch.get_loops(fetch)[-2:]
@@ -187,7 +188,7 @@ def schedule_mma(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = Tru
         if how is Fetch.VECTOR:
             sch.vectorize(vec)
         sch.storage_align(fetch, 0, axis=-2, factor=32, offset=16)
-        if not (operand == 0 and stats):  # a prologue's fetch is inlined already
+        if not computed:  # a prologue's fetch has its producers inlined already
             auto_inline_producers(sch, fetch)
 
     # shared -> registers (ldmatrix fragments), per 32-deep k step.

@@ -31,11 +31,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 
-WARP = 32
-
-
-def _kinds(stmt: s_tir.SBlock) -> set:
-    return {iv.iter_type for iv in stmt.iter_vars}
+from .rowwise import WARP, reduce_over_lanes
 
 
 def statistic_blocks(sch: s_tir.Schedule, main) -> list:
@@ -51,7 +47,7 @@ def statistic_blocks(sch: s_tir.Schedule, main) -> list:
         out = stmt.writes[0].source if stmt.writes else None
         if out is None:
             continue
-        if tirx.IterVar.CommReduce in _kinds(stmt):
+        if any(iv.iter_type == tirx.IterVar.CommReduce for iv in stmt.iter_vars):
             stats.append(block)
             stat_buffers[out] = len(out.shape)
             continue
@@ -96,21 +92,16 @@ def schedule_statistics(sch: s_tir.Schedule, stats: list, loop, warps: int) -> N
         reduces = sum(1 for iv in sch.get(block).iter_vars
                       if iv.iter_type == tirx.IterVar.CommReduce)
         loops = sch.get_loops(block)
-        inner = loops[loops.index(_after(sch, loops, loop)):]
-        spatial, reduce = inner[:len(inner) - reduces], inner[len(inner) - reduces:]
-        row = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        inner = loops[loops.index(_after(sch, loops, loop)):len(loops) - reduces]
+        row = sch.fuse(*inner) if len(inner) > 1 else inner[0]
         sch.set_scope(block, 0, "shared")
-        if reduce:
+        if reduces:
             _, row_warp = sch.split(row, [None, warps])
-            k_outer, lane = sch.split(sch.fuse(*reduce) if len(reduce) > 1 else reduce[0],
-                                      [None, WARP])
-            sch.reorder(row_warp, lane, k_outer)
-            sch.bind(row_warp, "threadIdx.y")
-            sch.bind(lane, "threadIdx.x")
+            reduce_over_lanes(sch, block, WARP)  # lanes inside the row's warp loop
         else:
             _, row_warp, lane = sch.split(row, [None, warps, WARP])
-            sch.bind(row_warp, "threadIdx.y")
             sch.bind(lane, "threadIdx.x")
+        sch.bind(row_warp, "threadIdx.y")
 
 
 def _after(sch: s_tir.Schedule, loops: list, loop):

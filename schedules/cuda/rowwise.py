@@ -283,11 +283,7 @@ class RowReduction(GPUScheduleRule):
             # The all-reduce's result: each warp (row) holds its own copy in the warp layout;
             # the warps of a block-per-row kernel share it.
             sch.set_scope(block, 0, "local" if layout.warp_per_row else "shared")
-            loops = sch.get_loops(block)
-            reduce_loops = loops[len(loops) - _kinds(sch, block).count("R"):]
-            r_outer, r_lane = sch.split(sch.fuse(*reduce_loops), [None, layout.lanes])
-            sch.reorder(r_lane, r_outer)
-            sch.bind(r_lane, "threadIdx.x")
+            r_outer = reduce_over_lanes(sch, block, layout.lanes)
             sch.annotate(r_outer, ann_key="pragma_auto_unroll_max_step", ann_val=MAX_THREADS)
             sch.annotate(r_outer, ann_key="pragma_unroll_explicit", ann_val=1)
         # Rows into warps last: a split that does not divide the rows (a symbolic batch) makes
@@ -299,6 +295,18 @@ class RowReduction(GPUScheduleRule):
         else:
             sch.bind(row, "blockIdx.x")
         return sch
+
+
+def reduce_over_lanes(sch: s_tir.Schedule, block, lanes: int):
+    """Fuse `block`'s reduction loops (its innermost) and spread them over `lanes` lanes of
+    threadIdx.x, the lane loop outside: an all-reduce after lowering. Returns the serial
+    loop left inside each lane."""
+    loops = sch.get_loops(block)
+    reduce_loops = loops[len(loops) - _kinds(sch, block).count("R"):]
+    r_outer, r_lane = sch.split(sch.fuse(*reduce_loops), [None, lanes])
+    sch.reorder(r_lane, r_outer)
+    sch.bind(r_lane, "threadIdx.x")
+    return r_outer
 
 
 def _is_row_kernel(sch: s_tir.Schedule) -> bool:

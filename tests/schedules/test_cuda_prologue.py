@@ -20,9 +20,14 @@ from ivit_tvm.schedules.cuda import prologue
 from ivit_tvm.schedules.cuda.build import device_modules
 from ivit_tvm.schedules.cuda.gemm import IntegerGemm, match_integer_gemm
 from ivit_tvm.schedules.cuda.pipeline import cuda_fusion_passes
-from ivit_tvm.schedules.cuda.twin import build_twin
-from ivit_tvm.schedules.tir_rewrite import substitute
-from support import DEIT, VOLATILE_TREE, kernel_body, quantized
+from support import (
+    DEIT,
+    VOLATILE_TREE,
+    concrete_shape,
+    kernel_body,
+    quantized,
+    twin_and_reference,
+)
 from tvm import s_tir, tirx
 
 from ivit_tvm.compile import apply_graph_passes, lower_model
@@ -86,15 +91,6 @@ def test_statistics_live_in_shared_memory_a_warp_per_row(probs_at_v):
         assert "shiftmax_exp" not in script and '"shiftmax"' not in script  # inlined
 
 
-def _concrete(buffer, batch: int) -> tuple[int, ...]:
-    analyzer = tvm.sym.Analyzer()
-    shape = []
-    for extent in buffer.shape:
-        vmap = {var: tirx.const(batch, var.ty) for var in tirx.analysis.undefined_vars(extent)}
-        shape.append(int(analyzer.simplify(substitute(extent, vmap))))
-    return tuple(shape)
-
-
 def _logits(shape, gen, case: str) -> np.ndarray:
     """int8 logits (..., N, N): random, or rows at the int8 extremes."""
     if case == "random":
@@ -118,7 +114,7 @@ def _arguments(func: tirx.PrimFunc, gen, case: str) -> list:
         if not hasattr(ty, "shape"):
             arrays.append(BATCH)
             continue
-        shape, dtype = _concrete(ty, BATCH), str(ty.dtype)
+        shape, dtype = concrete_shape(ty, BATCH), str(ty.dtype)
         if len(shape) == 1 and dtype == "int32":  # Shiftmax's exp table (256,)
             arrays.append(np.sort(gen.integers(1, 2**15, shape)).astype(dtype))
         elif dtype == "int8" and len(shape) == 4 and shape[-1] == shape[-2]:
@@ -135,20 +131,8 @@ def test_twin_equals_the_unscheduled_kernel(probs_at_v, case):
     """Each fused GEMM's CPU twin equals the fused PrimFunc built plainly for the CPU, at a
     batch of 3 (rows: 3 x heads x tokens, not a multiple of the block tile)."""
     gen = np.random.default_rng(11)
-    host = tvm.target.Target({"kind": "llvm"})
     for name, (plain, scheduled) in probs_at_v.items():
-        reference = tvm.compile(tvm.IRModule({"main": plain.with_attr("global_symbol", "main")}),
-                                target=host)["main"]
-        arrays = _arguments(plain, gen, case)
-        out = plain.params[-1].ty
-        results = []
-        for run in (reference, build_twin(scheduled)["twin"]):
-            args = [tvm.runtime.tensor(a, tvm.cpu(0)) if isinstance(a, np.ndarray) else a
-                    for a in arrays]
-            args.append(tvm.runtime.tensor(np.zeros(_concrete(out, BATCH), str(out.dtype)),
-                                           tvm.cpu(0)))
-            run(*args)
-            results.append(args[-1].numpy())
+        results = twin_and_reference(plain, scheduled, _arguments(plain, gen, case), BATCH)
         assert results[0].any() or case == "flat_min", name  # the check can fail
         np.testing.assert_array_equal(results[1], results[0], err_msg=f"{name} ({case})")
 

@@ -33,7 +33,7 @@ from ivit_tvm.schedules.cuda.rowwise import (
 )
 from ivit_tvm.schedules.cuda.toolkit import compile_kernels
 from ivit_tvm.schedules.cuda.twin import build_twin
-from support import VOLATILE_TREE, kernel_body
+from support import VOLATILE_TREE, concrete_shape, kernel_body, twin_and_reference
 from tvm import te, tirx
 
 from ivit_tvm.ops import int_layernorm, requantize, shiftgelu, shiftmax
@@ -358,22 +358,10 @@ def test_model_row_kernels_get_a_warp_per_row_and_shuffles(model_row_kernels):
         assert "__shared__" not in body and not VOLATILE_TREE.search(body), name
 
 
-def _concrete_shape(buffer, batch: int) -> tuple[int, ...]:
-    """A buffer's shape with every symbolic extent (the batch) set to `batch`."""
-    from ivit_tvm.schedules.tir_rewrite import substitute
-    from tvm.sym import Analyzer
-
-    analyzer, shape = Analyzer(), []
-    for extent in buffer.shape:
-        vmap = {var: tirx.const(batch, var.ty) for var in tirx.analysis.undefined_vars(extent)}
-        shape.append(int(analyzer.simplify(substitute(extent, vmap))))
-    return tuple(shape)
-
-
 def _random_argument(buffer, batch: int, gen) -> np.ndarray:
     """Data tensors over their dtype's full range; (C,) parameters (multipliers, shifts,
     biases) in [1, 2**20], where no product can overflow int64."""
-    shape, dtype = _concrete_shape(buffer, batch), str(buffer.dtype)
+    shape, dtype = concrete_shape(buffer, batch), str(buffer.dtype)
     if dtype == "bool":
         return gen.random(shape) < 0.3
     if len(shape) == 1:
@@ -389,20 +377,10 @@ def test_model_row_kernels_twin_equals_the_unscheduled_kernel(model_row_kernels)
     fused, scheduled_funcs = model_row_kernels.fused, model_row_kernels
     gen = np.random.default_rng(3)
     for name, func in scheduled_funcs.items():
-        plain = fused[name].with_attr("global_symbol", "main")
-        reference = tvm.compile(tvm.IRModule({"main": plain}), target=tvm.target.Target(
-            {"kind": "llvm"}))["main"]
+        plain = fused[name]
         buffers = [param.ty for param in plain.params]  # BufferType (shape, dtype) or a
         # PrimType: the symbolic batch passed as a scalar (Swin's windows: batch * nW)
         arrays = [_random_argument(b, 3, gen) if hasattr(b, "shape") else 3
                   for b in buffers[:-1]]
-        out = buffers[-1]
-        results = []
-        for run in (reference, build_twin(func)["twin"]):
-            args = [tvm.runtime.tensor(a, tvm.cpu(0)) if isinstance(a, np.ndarray) else a
-                    for a in arrays]
-            args.append(tvm.runtime.tensor(np.zeros(_concrete_shape(out, 3), str(out.dtype)),
-                                           tvm.cpu(0)))
-            run(*args)
-            results.append(args[-1].numpy())
+        results = twin_and_reference(plain, func, arrays, 3)
         np.testing.assert_array_equal(results[1], results[0], err_msg=name)
