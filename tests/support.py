@@ -88,6 +88,16 @@ def kernel_body(source: str) -> str:
     return source[source.index('extern "C" __global__'):]
 
 
+# __launch_bounds__(threads) or, for the tensor-core GEMMs, (threads, blocks per SM)
+KERNEL_DEFINITION = re.compile(
+    r'extern "C" __global__ void __launch_bounds__\(\d+(?:, \d+)?\) (\w+)\([^;]*\{')
+
+
+def defined_kernels(source: str) -> list[str]:
+    """Names of the kernels a generated CUDA source defines (not only declares)."""
+    return KERNEL_DEFINITION.findall(source)
+
+
 # ---- CPU twins of scheduled kernels -----------------------------------------------------
 def concrete_shape(buffer, batch: int) -> tuple[int, ...]:
     """A buffer's shape with every symbolic extent (the batch) set to `batch`."""

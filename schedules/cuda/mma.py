@@ -42,6 +42,13 @@ from .mma_tiles import MmaTile, choose_tile
 
 MIN_SM = MIN_TENSOR_CORE_ARCH  # mma.sync m16n8k32 s8 and cp.async: Ampere and newer
 VECTOR_BYTES = 16  # one cp.async / ld.global.v4 per lane
+# Register budget of a GEMM thread. ptxas, given only __launch_bounds__(threads), also stops
+# every GEMM kernel at 128 registers, but spilled 4 bytes in one of Swin-T's (N 192, K 384,
+# int32 multiplier, no bias; sm_90); told the occupancy that budget means (minimum blocks per
+# SM = the register file / (threads x budget)), it allocates the same 128 without a spill.
+REGISTERS_PER_THREAD = 128
+REGISTER_FILE = 64 * 1024  # 32-bit registers per SM, sm_80 to sm_90
+MIN_BLOCKS_ATTR = "tirx.launch_bounds_min_blocks_per_sm"  # codegen: __launch_bounds__(T, this)
 MMA_DTYPES = (("int8", "int8"), ("uint8", "int8"))  # (A, B): mma.sync .s8.s8 and .u8.s8
 
 
@@ -128,9 +135,35 @@ def _normalise(sch: s_tir.Schedule, main) -> None:
 def mma_func(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = True,
              shared_scope: str = "shared",
              fetches: tuple[Fetch, Fetch] = VECTOR_FETCHES) -> tirx.PrimFunc:
-    """The scheduled PrimFunc: schedule_mma, then clamp_padded_rows."""
+    """The scheduled PrimFunc: schedule_mma, then clamp_padded_rows, hoist_parameter_clamps
+    and the register budget (declare_register_budget)."""
     scheduled = schedule_mma(sch, main, tile, tensorize, shared_scope, fetches)
-    return hoist_parameter_clamps(clamp_padded_rows(scheduled.mod["main"]))
+    func = hoist_parameter_clamps(clamp_padded_rows(scheduled.mod["main"]))
+    return declare_register_budget(func, tile.warps * WARP)
+
+
+def declare_register_budget(func: tirx.PrimFunc, threads: int) -> tirx.PrimFunc:
+    """`func` with the kernel's minimum blocks per SM set (MIN_BLOCKS_ATTR inside the
+    blockIdx.x loop, which CUDA codegen prints as __launch_bounds__(threads, blocks)) so that
+    ptxas allocates REGISTERS_PER_THREAD registers a thread (see the constant)."""
+    blocks = max(1, REGISTER_FILE // (threads * REGISTERS_PER_THREAD))
+    marked = []
+
+    def post(node):
+        if not (isinstance(node, tirx.For) and node.thread_binding is not None
+                and node.thread_binding.thread_tag == "blockIdx.x"):
+            return node
+        marked.append(node)
+        body = tirx.AttrStmt(IntImm("int32", 0), MIN_BLOCKS_ATTR, IntImm("int32", blocks),
+                             node.body)
+        return tirx.For(node.loop_var, node.min, node.extent, node.kind, body,
+                        node.thread_binding, dict(node.annotations))
+
+    func = map_func(func, post)
+    if len(marked) != 1:
+        raise ValueError(f"declare_register_budget: expected one blockIdx.x loop, found "
+                         f"{len(marked)}")
+    return func
 
 
 def schedule_mma(sch: s_tir.Schedule, main, tile: MmaTile, tensorize: bool = True,

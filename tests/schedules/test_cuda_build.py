@@ -25,7 +25,7 @@ from ivit_tvm.schedules.cuda.pipeline import (
 )
 from ivit_tvm.schedules.cuda.toolkit import compile_cubin_verbose, compile_kernels, find_cuda_home
 from ivit_tvm.schedules.targets import host_cpu
-from support import SWIN, deit_and_images, quantized
+from support import SWIN, defined_kernels, deit_and_images, quantized
 from tvm import te
 
 from ivit_tvm.compile import apply_graph_passes, lower_model
@@ -136,8 +136,7 @@ def test_cuda_home_is_the_toolkit_behind_nvcc():
 def test_kernels_compile_to_cubin_with_nvcc(built):
     arch, _, source = built
     report = report_cubin(compile_kernels(source, arch, "cubin"), arch)
-    defined = re.findall(r'extern "C" __global__ void __launch_bounds__\(\d+\) (\w+)\([^;]*\{',
-                         source)
+    defined = defined_kernels(source)
     assert sorted(report.kernels) == sorted(set(defined))
 
 

@@ -15,7 +15,7 @@ from ivit_tvm.schedules.backend import make_target
 from ivit_tvm.schedules.cuda import pipeline
 from ivit_tvm.schedules.cuda.build import LOWERING_CONFIG, build_cuda
 from ivit_tvm.schedules.cuda.inspect import cuda_source, kernel_launches
-from support import DEIT, SWIN, quantized
+from support import DEIT, SWIN, defined_kernels, quantized
 
 from ivit_tvm.compile import apply_graph_passes, lower_model
 from ivit_tvm.ops.tir_query import block_names
@@ -76,7 +76,7 @@ def test_every_launched_primfunc_is_one_kernel():
     info = make_target("cuda", arch="sm_80")
     mod = apply_graph_passes(lower_model(quantized(DEIT), info)).mod
     source = cuda_source(build_cuda(mod, info))
-    kernels = re.findall(r"__global__ void __launch_bounds__\(\d+\) (\w+)\([^;]*\{", source)
+    kernels = defined_kernels(source)
     launches = kernel_launches(lowered(DEIT))
     assert len(kernels) == len(set(kernels))  # no PrimFunc with a second kernel
     launched = {f"{name}_kernel" for name in launches}

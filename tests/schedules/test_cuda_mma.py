@@ -35,6 +35,9 @@ from ivit_tvm.quant import functional
 
 # DeiT-S GEMMs as (N, K): qkv 384 -> 1152, proj 384 -> 384, fc1 384 -> 1536, fc2 1536 -> 384.
 DEIT_S = [(384, 384), (1152, 384), (1536, 384), (384, 1536)]
+# Swin-T's first patch merging (28 x 28 tokens, 4 x 96 -> 192, no bias, int32 multiplier): on
+# sm_90 ptxas spilled it at 128 registers until mma.declare_register_budget.
+SWIN_T_MERGE = "swin_t_merge_784x192x384"
 SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # bytes per block
 
 
@@ -43,18 +46,19 @@ def _i64(*values):
     return [tirx.IntImm("int64", v) for v in values]
 
 
-def dense_requantize(tokens: int, n: int, k: int, residual: bool = False) -> tirx.PrimFunc:
-    """x (batch, tokens, K) int8 . w (N, K)^T + bias -> requantize to int8 [-> requantize_add
+def dense_requantize(tokens: int, n: int, k: int, residual: bool = False, bias: bool = True,
+                     multiplier_dtype: str = "int64") -> tirx.PrimFunc:
+    """x (batch, tokens, K) int8 . w (N, K)^T [+ bias] -> requantize to int8 [-> requantize_add
     with a residual], batch symbolic: the frontend's fused dense as a standalone PrimFunc."""
     batch = tirx.Var("batch", "int64")
     tokens, n, k = _i64(tokens, n, k)
     x = te.placeholder((batch, tokens, k), "int8", name="x")
     w = te.placeholder((n, k), "int8", name="w")
-    bias = te.placeholder((n,), "int32", name="bias")
-    multiplier = te.placeholder((n,), "int64", name="multiplier")
+    bias_q = te.placeholder((n,), "int32", name="bias") if bias else None
+    multiplier = te.placeholder((n,), multiplier_dtype, name="multiplier")
     shift = te.placeholder((n,), "int64", name="shift")
-    out = requantize(integer_dense(x, w, bias), multiplier, shift, 8)  # (batch, tokens, N)
-    inputs = [x, w, bias, multiplier, shift]
+    out = requantize(integer_dense(x, w, bias_q), multiplier, shift, 8)  # (batch, tokens, N)
+    inputs = [x, w, *([bias_q] if bias else []), multiplier, shift]
     if residual:
         skip = te.placeholder((batch, tokens, n), "int8", name="skip")
         out = requantize_add(out, multiplier, shift, skip, 3, 2, 8)
@@ -439,7 +443,7 @@ def test_substitute_refuses_what_it_does_not_know():
 # ---- the CUDA kernels -------------------------------------------------------------------
 def deit_s_cuda_source() -> str:
     """CUDA C of the four DeiT-S dense GEMMs and its q @ k^T (tensorized, 197 tokens,
-    symbolic batch), one module."""
+    symbolic batch) and Swin-T's first patch-merging GEMM, one module."""
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"})
     functions = {}
     for n, k in DEIT_S:
@@ -450,6 +454,9 @@ def deit_s_cuda_source() -> str:
     tile = mma_tiles.choose_tile(197, 197, 64, ragged_n=True)
     functions["qk_6x197x64"] = scheduled(qk_requantize(6, 197, 64), tile, True).with_attr(
         "global_symbol", "qk_6x197x64")
+    merge = dense_requantize(784, 192, 384, bias=False, multiplier_dtype="int32")
+    functions[SWIN_T_MERGE] = scheduled(merge, mma_tiles.choose_tile(None, 192, 384),
+                                        True).with_attr("global_symbol", SWIN_T_MERGE)
     with tvm.transform.PassContext(config={"tirx.use_async_copy": 1}):
         built = tvm.compile(tvm.IRModule(functions), target=target, tir_pipeline=TIR_PIPELINE)
     return kernels.cuda_source(built)
@@ -471,7 +478,7 @@ def compiled(request, deit_s_source):
 def test_gemm_ptx_has_s8_mma_ldmatrix_and_cp_async(compiled):
     arch, _, ptx, _ = compiled
     per_kernel = kernels.kernel_instructions(ptx)
-    assert len(per_kernel) == len(DEIT_S) + 1, arch
+    assert len(per_kernel) == len(DEIT_S) + 2, arch
     for name, counts in per_kernel.items():
         assert counts["mma_s8"] > 0, name
         assert counts["ldmatrix"] > 0 and counts["cp_async"] > 0, name
@@ -487,11 +494,20 @@ def test_gemm_ptx_has_s8_mma_ldmatrix_and_cp_async(compiled):
 def test_gemm_kernels_do_not_spill_and_fit_shared_memory(compiled):
     arch, _, _, log = compiled
     resources = kernels.parse_ptxas_resources(log)
-    assert len(resources) == len(DEIT_S) + 1
+    assert len(resources) == len(DEIT_S) + 2
     for name, usage in resources.items():
         assert usage.spill_store_bytes == 0 and usage.spill_load_bytes == 0, (name, usage)
         assert usage.stack_bytes == 0, (name, usage)  # fragments in registers (device_indexing.py)
         assert usage.registers <= 255 and 0 < usage.shared_bytes <= SHARED_LIMIT[arch]
+
+
+def test_gemm_kernels_declare_their_register_budget(deit_s_source):
+    """Every GEMM kernel says how many blocks an SM must hold: REGISTERS_PER_THREAD a thread."""
+    bounds = re.findall(r"__launch_bounds__\((\d+)(?:, (\d+))?\) (\w+)\(", deit_s_source)
+    assert len({name for *_, name in bounds}) == len(DEIT_S) + 2
+    for threads, blocks, name in bounds:
+        assert blocks, name  # without it ptxas spilled SWIN_T_MERGE on sm_90
+        assert int(blocks) * int(threads) * mma.REGISTERS_PER_THREAD == mma.REGISTER_FILE, name
 
 
 def test_gemm_sass_uses_imma_ldsm_and_ldgsts(compiled):
