@@ -50,8 +50,9 @@ def _tensor_args(call: relax.Call) -> list:
 
 
 def _plain(call: relax.Call) -> bool:
-    """A call_tir of tensors only: no symbolic-shape arguments (Swin's batch x windows
-    kernels take the batch as a value), which a grouped function could not bind."""
+    """A call_tir of tensors only: no symbolic-shape arguments (a kernel whose shapes do not
+    name the batch as a plain variable takes it as a value), which a grouped function could
+    not bind. The frontend avoids them (Swin's windows are (B, nW, ...), frontend/blocks.py)."""
     return len(call.args) == 2 and all(isinstance(arg.ty, relax.TensorType)
                                        for arg in _tensor_args(call))
 

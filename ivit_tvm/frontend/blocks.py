@@ -32,14 +32,30 @@ def emit_patch_embed(g: IntegerGraph, embed, q_images, scale, batch, image_hw):
     return g.quant_act(embed.qact, x, scale)
 
 
+def _leading(batch) -> tuple:
+    """The leading (batch) axes of an attention input: (B,) for ViT, (B, nW) for Swin's
+    windows. Swin keeps the window count nW an axis of its own instead of folding it into the
+    batch (B * nW), so that every kernel's shapes hold the batch as a plain variable (a kernel
+    shaped B * nW takes B as an extra value, which neither the requantize fusion nor the
+    attention fold can group)."""
+    return tuple(batch) if isinstance(batch, tuple | list) else (batch,)
+
+
+def _swap_tokens_heads(lead: int) -> tuple:
+    """permute_dims axes exchanging the two axes after `lead` leading axes."""
+    return (*range(lead), lead + 1, lead, lead + 2)
+
+
 def emit_heads_split(g: IntegerGraph, qkv, batch, tokens: int, heads: int, head_dim: int):
-    """(B, N, 3C) -> q, k, v each (B, heads, N, d), as qkv.reshape(...).permute(2, 0, 3, 1, 4)."""
-    qkv = g.reshape(qkv, (batch, tokens, 3, heads, head_dim))
+    """(*lead, N, 3C) -> q, k, v each (*lead, heads, N, d), as
+    qkv.reshape(...).permute(2, 0, 3, 1, 4); lead = _leading(batch)."""
+    lead = _leading(batch)
+    qkv = g.reshape(qkv, (*lead, tokens, 3, heads, head_dim))
     parts = []
     for i in range(3):
-        part = g.slice(qkv, axis=2, begin=i, end=i + 1)  # (B, N, 1, heads, d)
-        part = g.reshape(part, (batch, tokens, heads, head_dim))
-        parts.append(g.permute(part, (0, 2, 1, 3)))  # (B, heads, N, d)
+        part = g.slice(qkv, axis=len(lead) + 1, begin=i, end=i + 1)  # (*lead, N, 1, heads, d)
+        part = g.reshape(part, (*lead, tokens, heads, head_dim))
+        parts.append(g.permute(part, _swap_tokens_heads(len(lead))))  # (*lead, heads, N, d)
     return parts
 
 
@@ -47,8 +63,9 @@ def emit_attention_core(g: IntegerGraph, attn, x, scale, batch, tokens: int, cha
                         logits_hook=None):
     """qkv -> qact1 -> q@k^T -> qact_attn1 [-> logits_hook] -> softmax -> @v -> qact2 -> proj.
 
-    Returns the proj output (int32) and its scale; `logits_hook(attn, scale)` lets Swin add its
-    position bias and mask. Mirrors models.layers.Attention.forward.
+    x: (*lead, N, C) with lead = _leading(batch). Returns the proj input (int32, same shape)
+    and its scale; `logits_hook(attn, scale)` lets Swin add its position bias and mask.
+    Mirrors models.layers.Attention.forward.
     """
     heads = attn.num_heads
     head_dim = channels // heads
@@ -63,9 +80,10 @@ def emit_attention_core(g: IntegerGraph, attn, x, scale, batch, tokens: int, cha
         logits, scale, mask = logits_hook(logits, scale)
     softmax = attn.int_softmax if hasattr(attn, "int_softmax") else attn.log_int_softmax
     probs, scale = g.softmax(softmax, logits, scale, mask)
-    x, scale = g.matmul(probs, scale, v, scale_qkv)  # (B, heads, N, d) int32
-    x = g.permute(x, (0, 2, 1, 3))
-    x = g.reshape(x, (batch, tokens, channels))
+    x, scale = g.matmul(probs, scale, v, scale_qkv)  # (*lead, heads, N, d) int32
+    lead = _leading(batch)
+    x = g.permute(x, _swap_tokens_heads(len(lead)))  # (*lead, N, heads, d)
+    x = g.reshape(x, (*lead, tokens, channels))
     return x, scale
 
 

@@ -9,10 +9,10 @@ from .blocks import emit_attention_core, emit_mlp, emit_patch_embed
 from .graph import IntegerGraph
 
 
-def emit_window_attention(g: IntegerGraph, attn, windows, scale, num_windows, channels: int,
+def emit_window_attention(g: IntegerGraph, attn, windows, scale, lead: tuple, channels: int,
                           mask=None):
-    """(B*nW, N, C) int8 -> (B*nW, N, C) int16, with position bias and an optional (nW, N, N)
-    int8 mask constant (nonzero = cut)."""
+    """(B, nW, N, C) int8 -> (B, nW, N, C) int16 (lead = (B, nW)), with position bias and an
+    optional (nW, N, N) int8 mask constant (nonzero = cut)."""
     tokens = attn.window * attn.window
     bias_q, bias_scale = attn.position_bias_q()  # (1, heads, N, N) int8
 
@@ -21,7 +21,7 @@ def emit_window_attention(g: IntegerGraph, attn, windows, scale, num_windows, ch
         logits, logits_scale = g.quant_act(attn.qact2, logits, logits_scale, bias, bias_scale)
         return logits, logits_scale, mask
 
-    x, scale = emit_attention_core(g, attn, windows, scale, num_windows, tokens, channels,
+    x, scale = emit_attention_core(g, attn, windows, scale, lead, tokens, channels,
                                    logits_hook=add_bias_and_mask)
     x, scale = g.quant_act(attn.qact3, x, scale)  # int8
     x, scale = g.linear(attn.proj, x, scale)  # int32
@@ -51,10 +51,12 @@ def emit_swin_block(g: IntegerGraph, block, x_1, scale_1, batch):
         x = emit_roll(g, x, -block.shift)
     x = g.reshape(x, (batch, h // window, window, w // window, window, c))
     x = g.permute(x, (0, 1, 3, 2, 4, 5))
-    num_windows = batch * (h // window) * (w // window)
-    windows = g.reshape(x, (num_windows, window * window, c))  # (B*nW, N, C)
+    num_windows = (h // window) * (w // window)
+    # (B, nW, N, C): the batch stays an axis of its own (blocks._leading)
+    windows = g.reshape(x, (batch, num_windows, window * window, c))
     mask = None if block.attn_mask is None else g.const(block.attn_mask != 0, "int8")
-    windows, scale = emit_window_attention(g, block.attn, windows, scale, num_windows, c, mask)
+    windows, scale = emit_window_attention(g, block.attn, windows, scale, (batch, num_windows),
+                                           c, mask)
     x = g.reshape(windows, (batch, h // window, w // window, window, window, c))
     x = g.permute(x, (0, 1, 3, 2, 4, 5))
     x = g.reshape(x, (batch, h, w, c))

@@ -98,13 +98,19 @@ def test_folded_kernels_inline_every_layout_block(config):
         assert not left, (name, left)
 
 
-def test_swin_batch_times_window_kernels_stay_unfolded():
-    """Swin's shifted-window stages compute on batch x windows, with the batch passed to the
-    kernels as a value: those groups are left alone (a grouped function could not bind it);
-    the one-window stage folds."""
+def test_swin_window_attention_folds_in_every_block():
+    """Swin's windows are (B, nW, ...) (frontend/swin.py), so every block's attention folds
+    like DeiT's: its matmuls are `_heads` kernels, Shiftmax (masked in shifted blocks) runs in
+    probs @ V's prologue, no head split or merge is a kernel, and qkv / proj carry their
+    requantize."""
     launches = kernel_launches(lowered(SWIN))
-    assert any("_heads" in name for name in launches)
-    assert any("batch_matmul" in name and "_heads" not in name for name in launches)
+    matmuls = {name: n for name, n in launches.items() if "batch_matmul" in name}
+    assert all("_heads" in name for name in matmuls), matmuls
+    assert sum(matmuls.values()) == 2 * sum(SWIN.depths), matmuls  # q @ k^T, probs @ V
+    assert not [name for name in launches
+                if "shiftmax" in name or name.startswith("strided_slice")]
+    unfused = [name for name in launches if re.fullmatch(r"ivit_(dense|requantize)\d*", name)]
+    assert len(unfused) == 2, unfused  # the head: the token average's requantize, its dense
 
 
 def test_fixed_batch_inference_runs_as_one_cuda_graph():

@@ -378,9 +378,7 @@ def test_model_row_kernels_twin_equals_the_unscheduled_kernel(model_row_kernels)
     gen = np.random.default_rng(3)
     for name, func in scheduled_funcs.items():
         plain = fused[name]
-        buffers = [param.ty for param in plain.params]  # BufferType (shape, dtype) or a
-        # PrimType: the symbolic batch passed as a scalar (Swin's windows: batch * nW)
-        arrays = [_random_argument(b, 3, gen) if hasattr(b, "shape") else 3
-                  for b in buffers[:-1]]
+        buffers = [param.ty for param in plain.params]  # BufferType (shape, dtype)
+        arrays = [_random_argument(b, 3, gen) for b in buffers[:-1]]
         results = twin_and_reference(plain, func, arrays, 3)
         np.testing.assert_array_equal(results[1], results[0], err_msg=name)
