@@ -29,11 +29,16 @@ import tvm
 from tvm import relax, tirx
 
 from ivit_tvm.ops import names
+from ivit_tvm.ops.shapes import same_extent
+from ivit_tvm.ops.tir_query import blocks, tensor_loads
 
 LAYOUT_FUNC = re.compile(r"(reshape|transpose|strided_slice|broadcast_to)\d*")
+GATHER_FUNC = re.compile(r"take\d*")  # Swin's roll: a gather by constant indices
+CONSTANT = tvm.ir.expr.Constant  # relax.const(...)
 SHIFTMAX_FUNC = re.compile(rf"(fused_)*({names.SHIFTMAX}|{names.SHIFTMAX_MASKED})\d*")
 INJECTIVE = 2  # relax OpPatternKind: elementwise 0, broadcast 1, injective 2
 ATTENTION_FUNC = re.compile(rf"(fused_)*{names.BATCH_MATMUL}\w*")
+DENSE_FUNC = re.compile(rf"(fused_)*{names.DENSE}\w*")
 GROUP_ATTR = "ivit.attention_layout"  # on each grouped Relax function, before FuseTIR
 
 
@@ -60,9 +65,12 @@ def _plain(call: relax.Call) -> bool:
 class _Function:
     """One Relax function's dataflow bindings, by variable, with use counts."""
 
-    def __init__(self, func: relax.Function, mod: tvm.IRModule, shiftmax=None):
+    def __init__(self, func: relax.Function, mod: tvm.IRModule, shiftmax=None,
+                 rows: bool = False):
         self.mod = mod
         self.shiftmax = shiftmax  # PrimFunc -> bool: may the matmul take in its Shiftmax
+        # rows: producer chains move whole rows only (moves_whole_rows), gathers included
+        self.rows = rows
         self.binding = {}
         self.order = {}
         self.uses: dict = {}
@@ -84,12 +92,17 @@ class _Function:
         """The layout bindings producing `var`, innermost first (a single-input chain),
         after the Shiftmax producing the chain where `matmul` (a PrimFunc name) takes it in."""
         chain = []
-        while (name := self.callee(var)) is not None and LAYOUT_FUNC.fullmatch(name):
+        while (name := self.callee(var)) is not None and (
+                LAYOUT_FUNC.fullmatch(name) or self.rows and GATHER_FUNC.fullmatch(name)):
             call = self.binding[var].value
-            if len(_tensor_args(call)) != 1 or len(call.args) != 2:
+            data, *indices = _tensor_args(call)
+            if len(call.args) != 2 or not all(isinstance(i, CONSTANT) for i in indices) \
+                    or (indices and not GATHER_FUNC.fullmatch(name)):
+                break
+            if self.rows and not moves_whole_rows(self.mod[name]):
                 break
             chain.append(self.binding[var])
-            var = _tensor_args(call)[0]
+            var = data
         name = self.callee(var)
         if (matmul is not None and self.shiftmax is not None and name is not None
                 and SHIFTMAX_FUNC.fullmatch(name) and self.shiftmax(self.mod[matmul])):
@@ -147,19 +160,24 @@ def _group(bindings: list) -> tuple[relax.Function, list]:
     return func.with_attr("Primitive", 1).with_attr(GROUP_ATTR, 1), inputs
 
 
-def attention_groups(func: relax.Function, mod: tvm.IRModule,
-                     shiftmax=None) -> list[tuple[str, list]]:
+def attention_groups(func: relax.Function, mod: tvm.IRModule, shiftmax=None,
+                     dense: bool = False) -> list[tuple[str, list]]:
     """Per attention matmul with layout to fold: (its PrimFunc's name, the group's bindings in
     program order); shiftmax (PrimFunc -> bool): where it holds for the matmul, probs @ V's
-    group takes the Shiftmax producing its probabilities."""
+    group takes the Shiftmax producing its probabilities. dense: dense GEMMs too (dense_group)."""
     index = _Function(func, mod, shiftmax)
+    gathering = _Function(func, mod, rows=True) if dense else None
     groups = []
     for var, binding in index.binding.items():
         name = _callee(binding.value, mod)
-        if name is None or not ATTENTION_FUNC.fullmatch(name):
+        if name is not None and ATTENTION_FUNC.fullmatch(name):
+            members = [b for arg in _tensor_args(binding.value)
+                       for b in index.producers(arg, name)]
+            members += [binding, *index.consumers(var)]
+        elif name is not None and dense and DENSE_FUNC.fullmatch(name):
+            members = dense_group(gathering, var)
+        else:
             continue
-        members = [b for arg in _tensor_args(binding.value) for b in index.producers(arg, name)]
-        members += [binding, *index.consumers(var)]
         if len(members) == 1 or not all(_plain(b.value) for b in members):
             continue
         unique = {b.var: b for b in members}
@@ -167,21 +185,55 @@ def attention_groups(func: relax.Function, mod: tvm.IRModule,
     return groups
 
 
-def fold_attention(shiftmax=None) -> tvm.transform.Pass:
+def moves_whole_rows(func: tirx.PrimFunc) -> bool:
+    """Whether a layout or gather PrimFunc (one block) keeps its input's last axis: the
+    output's last extent is the input's and each output element's last index reads the same
+    last index (as the index itself or, in a legalized reshape, modulo the extent). Folded
+    into a dense GEMM's operand, such a chain only picks rows, so each k tile of a row stays
+    16 contiguous bytes (one cp.async); the patch embedding's reshape of (C, p, p) pixels into
+    K does not, and its transpose stays a kernel."""
+    block = next(b for b in blocks(func.body) if isinstance(b.body, tirx.BufferStore))
+    store = block.body
+    last, extent = block.iter_vars[-1].var, store.buffer.shape[-1]
+    reads = [load for load in tensor_loads(store.value)
+             if len(load.indices) > 1]  # the data (a gather's index table is 1-D)
+
+    def is_last(index) -> bool:
+        return index.same_as(last) or (isinstance(index, tirx.FloorMod) and index.a.same_as(last)
+                                       and same_extent(index.b, extent))
+
+    return bool(reads) and all(same_extent(load.source.shape[-1], extent)
+                               and is_last(load.indices[-1]) for load in reads)
+
+
+def dense_group(index: _Function, var) -> list:
+    """A dense GEMM's group: the layout chain producing its input (gathers included: Swin's
+    window partition after its roll) and the GEMM; [the GEMM] alone where no such chain
+    moves whole rows (moves_whole_rows). The output side is left to FuseOps: Swin's window
+    reverse folded into proj's epilogue made ptxas spill on sm_90 (its per-element index
+    arithmetic with the symbolic batch), for 12 launches of Swin-T."""
+    binding = index.binding[var]
+    members = [b for arg in _tensor_args(binding.value) for b in index.producers(arg)]
+    return [*members, binding]
+
+
+def fold_attention(shiftmax=None, dense: bool = False) -> tvm.transform.Pass:
     """FoldAttentionLayout; with shiftmax (PrimFunc -> bool, e.g. "runs on tensor cores"):
     FoldAttentionShiftmax, which also copies each Shiftmax into the group of every matmul
     reading its probabilities for which shiftmax(matmul) holds (CUDA: computed in the GEMM's
-    prologue, schedules/cuda/prologue.py), so Shiftmax is not a kernel of its own."""
+    prologue, schedules/cuda/prologue.py), so Shiftmax is not a kernel of its own.
+    dense: dense GEMMs take in the layout producing their input too (dense_group; CUDA,
+    whose GEMM schedule inlines it into the operand fetch; the CPU's dense packing does not)."""
+    kind = "FoldAttentionLayout" if shiftmax is None else "FoldAttentionShiftmax"
 
-    @tvm.transform.module_pass(
-        opt_level=0, name="FoldAttentionLayout" if shiftmax is None else "FoldAttentionShiftmax")
+    @tvm.transform.module_pass(opt_level=0, name=kind + ("+Dense" if dense else ""))
     def fold(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return _fold(mod, shiftmax)
+        return _fold(mod, shiftmax, dense)
 
     return fold
 
 
-def _fold(mod: tvm.IRModule, shiftmax) -> tvm.IRModule:
+def _fold(mod: tvm.IRModule, shiftmax, dense: bool = False) -> tvm.IRModule:
     """Group attention matmuls with their layout chains (module docstring); FuseTIR merges
     the groups, DeadCodeElimination drops the layout calls left without users."""
     builder = relax.BlockBuilder(mod)
@@ -190,7 +242,7 @@ def _fold(mod: tvm.IRModule, shiftmax) -> tvm.IRModule:
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
             continue
         replace = {}
-        for matmul, bindings in attention_groups(func, mod, shiftmax):
+        for matmul, bindings in attention_groups(func, mod, shiftmax, dense):
             group, inputs = _group(bindings)
             group_gv = builder.add_func(group, f"{matmul}_heads")  # names keep the matmul's
             count += 1
@@ -217,16 +269,19 @@ def _rebind(func: relax.Function, replace: dict) -> relax.Function:
 fold_attention_layout = fold_attention()
 
 
-def fusion_passes(fold_shiftmax=None) -> list[tvm.transform.Pass]:
+def fusion_passes(fold_shiftmax=None, fold_dense: bool = False) -> list[tvm.transform.Pass]:
     """Relax ops -> TIR, then fuse each GEMM/row op with its elementwise epilogue, and
     attention's matmuls with the head split and merge around them (TVM's legalize passes with
     FoldAttentionLayout before FuseOps). fold_shiftmax (PrimFunc -> bool): FoldAttentionShiftmax
-    instead, folding Shiftmax into the probs @ V matmuls it holds for (fold_attention)."""
+    instead, folding Shiftmax into the probs @ V matmuls it holds for (fold_attention);
+    fold_dense: dense GEMMs take in their layout too (fold_attention's dense)."""
+    fold = (fold_attention_layout if fold_shiftmax is None and not fold_dense
+            else fold_attention(fold_shiftmax, fold_dense))
     return [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
-        fold_attention_layout if fold_shiftmax is None else fold_attention(fold_shiftmax),
+        fold,
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ]

@@ -24,16 +24,16 @@ def block_names(stmt) -> list[str]:
     return [block.name_hint for block in blocks(stmt)]
 
 
+def tensor_loads(stmt) -> list[TensorLoad]:
+    """Every load inside a statement or expression, in walk order."""
+    found: list[TensorLoad] = []
+    tvm_ffi.structural_walk(stmt, (TensorLoad, found.append))
+    return found
+
+
 def load_indices(stmt, buffer) -> list:
     """The index tuples of every load of `buffer` in a statement."""
-    indices = []
-
-    def visit(load: TensorLoad) -> None:
-        if load.source.same_as(buffer):
-            indices.append(load.indices)
-
-    tvm_ffi.structural_walk(stmt, (TensorLoad, visit))
-    return indices
+    return [load.indices for load in tensor_loads(stmt) if load.source.same_as(buffer)]
 
 
 def count_loads(stmt, buffer) -> int:

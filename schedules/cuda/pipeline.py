@@ -66,12 +66,14 @@ def require_gpu_schedule(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 def cuda_fusion_passes(strategy: GemmStrategy = GemmStrategy.AUTO,
                        tile: GemmTile | None = None) -> list[tvm.transform.Pass]:
     """fusion_passes for the current cuda target: Shiftmax folds into the probs @ V GEMMs
-    that IntegerGemm puts on tensor cores (their row prologue, prologue.py)."""
+    that IntegerGemm puts on tensor cores (their row prologue, prologue.py), and layout into
+    the dense GEMMs reading it (fold_layout.dense_group: Swin's window partition and roll)."""
     target = tvm.target.Target.current()
     if target is None:
         raise ValueError("cuda_fusion_passes: call it inside a cuda target (`with target:`)")
     gemm_rule = IntegerGemm(strategy, tile)
-    return fusion_passes(lambda func: gemm_rule.runs_on_tensor_cores(func, target))
+    return fusion_passes(lambda func: gemm_rule.runs_on_tensor_cores(func, target),
+                         fold_dense=True)
 
 
 def scheduling_passes(strategy: GemmStrategy = GemmStrategy.AUTO, tile: GemmTile | None = None,

@@ -32,7 +32,7 @@ def lowered(config, arch: str = "sm_80", fold: bool = True, monkeypatch=None,
     if not fold:  # neither the layout nor Shiftmax folded into attention's matmuls
         monkeypatch.setattr(fold_layout, "fold_attention_layout", tvm.transform.Sequential([]))
         monkeypatch.setattr(fold_layout, "fold_attention",
-                            lambda shiftmax=False: tvm.transform.Sequential([]))
+                            lambda *_, **__: tvm.transform.Sequential([]))
     with tvm.transform.PassContext(config=LOWERING_CONFIG):
         return pipeline.cuda_pipeline(info.target)(mod)
 
@@ -111,6 +111,22 @@ def test_swin_window_attention_folds_in_every_block():
                 if "shiftmax" in name or name.startswith("strided_slice")]
     unfused = [name for name in launches if re.fullmatch(r"ivit_(dense|requantize)\d*", name)]
     assert len(unfused) == 2, unfused  # the head: the token average's requantize, its dense
+
+
+def test_swin_window_partition_folds_into_the_dense_gemms():
+    """The window partition (and, in shifted blocks, the roll before it) is folded into every
+    block's qkv GEMM, which reads its rows through it (fold_layout.dense_group); the window
+    reverse after proj stays: its transpose in blocks of several windows and, in shifted
+    blocks, the roll's two takes. The patch embedding's transpose stays (moves_whole_rows)."""
+    blocks = [block for stage in quantized(SWIN).layers for block in stage.blocks]
+    shifted = sum(1 for block in blocks if block.shift)
+    windowed = sum(1 for block in blocks if block.resolution[0] > block.window)
+    assert shifted and windowed
+    launches = kernel_launches(lowered(SWIN))
+    count = {kind: sum(n for name, n in launches.items() if re.fullmatch(pattern, name))
+             for kind, pattern in (("take", r"take\d*"), ("transpose", r"transpose\d*"),
+                                   ("qkv", r"fused_ivit_dense\d*_ivit_requantize\d*_heads\d*"))}
+    assert count == {"take": 2 * shifted, "transpose": 1 + windowed, "qkv": len(blocks)}, launches
 
 
 def test_fixed_batch_inference_runs_as_one_cuda_graph():
