@@ -46,6 +46,8 @@ VECTOR_BYTES = 16  # one cp.async / ld.global.v4 per lane
 # every GEMM kernel at 128 registers, but spilled 4 bytes in one of Swin-T's (N 192, K 384,
 # int32 multiplier, no bias; sm_90); told the occupancy that budget means (minimum blocks per
 # SM = the register file / (threads x budget)), it allocates the same 128 without a spill.
+# Not a guarantee: full Swin-T's stage-3 patch merging (N 384, K 768, no bias, 8 warps) still
+# spills 16 bytes on sm_80 at 128 either way (stop 21's note; 182 registers with 1 block).
 REGISTERS_PER_THREAD = 128
 REGISTER_FILE = 64 * 1024  # 32-bit registers per SM, sm_80 to sm_90
 MIN_BLOCKS_ATTR = "tirx.launch_bounds_min_blocks_per_sm"  # codegen: __launch_bounds__(T, this)
