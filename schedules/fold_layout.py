@@ -65,12 +65,9 @@ def _plain(call: relax.Call) -> bool:
 class _Function:
     """One Relax function's dataflow bindings, by variable, with use counts."""
 
-    def __init__(self, func: relax.Function, mod: tvm.IRModule, shiftmax=None,
-                 rows: bool = False):
+    def __init__(self, func: relax.Function, mod: tvm.IRModule, shiftmax=None):
         self.mod = mod
         self.shiftmax = shiftmax  # PrimFunc -> bool: may the matmul take in its Shiftmax
-        # rows: producer chains move whole rows only (moves_whole_rows), gathers included
-        self.rows = rows
         self.binding = {}
         self.order = {}
         self.uses: dict = {}
@@ -88,18 +85,19 @@ class _Function:
         binding = self.binding.get(var)
         return None if binding is None else _callee(binding.value, self.mod)
 
-    def producers(self, var, matmul: str | None = None) -> list:
+    def producers(self, var, matmul: str | None = None, rows: bool = False) -> list:
         """The layout bindings producing `var`, innermost first (a single-input chain),
-        after the Shiftmax producing the chain where `matmul` (a PrimFunc name) takes it in."""
+        after the Shiftmax producing the chain where `matmul` (a PrimFunc name) takes it in.
+        rows: only links that move whole rows (moves_whole_rows), gathers included."""
         chain = []
         while (name := self.callee(var)) is not None and (
-                LAYOUT_FUNC.fullmatch(name) or self.rows and GATHER_FUNC.fullmatch(name)):
+                LAYOUT_FUNC.fullmatch(name) or rows and GATHER_FUNC.fullmatch(name)):
             call = self.binding[var].value
             data, *indices = _tensor_args(call)
             if len(call.args) != 2 or not all(isinstance(i, CONSTANT) for i in indices) \
                     or (indices and not GATHER_FUNC.fullmatch(name)):
                 break
-            if self.rows and not moves_whole_rows(self.mod[name]):
+            if rows and not moves_whole_rows(self.mod[name]):
                 break
             chain.append(self.binding[var])
             var = data
@@ -166,7 +164,6 @@ def attention_groups(func: relax.Function, mod: tvm.IRModule, shiftmax=None,
     program order); shiftmax (PrimFunc -> bool): where it holds for the matmul, probs @ V's
     group takes the Shiftmax producing its probabilities. dense: dense GEMMs too (dense_group)."""
     index = _Function(func, mod, shiftmax)
-    gathering = _Function(func, mod, rows=True) if dense else None
     groups = []
     for var, binding in index.binding.items():
         name = _callee(binding.value, mod)
@@ -175,7 +172,7 @@ def attention_groups(func: relax.Function, mod: tvm.IRModule, shiftmax=None,
                        for b in index.producers(arg, name)]
             members += [binding, *index.consumers(var)]
         elif name is not None and dense and DENSE_FUNC.fullmatch(name):
-            members = dense_group(gathering, var)
+            members = dense_group(index, var)
         else:
             continue
         if len(members) == 1 or not all(_plain(b.value) for b in members):
@@ -192,7 +189,9 @@ def moves_whole_rows(func: tirx.PrimFunc) -> bool:
     into a dense GEMM's operand, such a chain only picks rows, so each k tile of a row stays
     16 contiguous bytes (one cp.async); the patch embedding's reshape of (C, p, p) pixels into
     K does not, and its transpose stays a kernel."""
-    block = next(b for b in blocks(func.body) if isinstance(b.body, tirx.BufferStore))
+    block = next((b for b in blocks(func.body) if isinstance(b.body, tirx.BufferStore)), None)
+    if block is None:
+        return False
     store = block.body
     last, extent = block.iter_vars[-1].var, store.buffer.shape[-1]
     reads = [load for load in tensor_loads(store.value)
@@ -213,7 +212,8 @@ def dense_group(index: _Function, var) -> list:
     reverse folded into proj's epilogue made ptxas spill on sm_90 (its per-element index
     arithmetic with the symbolic batch), for 12 launches of Swin-T."""
     binding = index.binding[var]
-    members = [b for arg in _tensor_args(binding.value) for b in index.producers(arg)]
+    members = [b for arg in _tensor_args(binding.value)
+               for b in index.producers(arg, rows=True)]
     return [*members, binding]
 
 

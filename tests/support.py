@@ -114,8 +114,8 @@ def concrete_shape(buffer, batch: int) -> tuple[int, ...]:
 
 def twin_and_reference(plain, scheduled, arrays: list, batch: int) -> tuple:
     """(reference, twin) outputs of a kernel: the unscheduled PrimFunc `plain` built for the
-    CPU and the CPU twin of its CUDA schedule `scheduled`, both run on `arrays` (numpy arrays,
-    or the batch as a scalar) with the output, the last parameter, at `batch`."""
+    CPU and the CPU twin of its CUDA schedule `scheduled`, both run on `arrays` (numpy
+    arrays) with the output, the last parameter, at `batch`."""
     import tvm
     from ivit_tvm.schedules.cuda.twin import build_twin
 
@@ -124,8 +124,7 @@ def twin_and_reference(plain, scheduled, arrays: list, batch: int) -> tuple:
     out = plain.params[-1].ty
     results = []
     for run in (reference, build_twin(scheduled)["twin"]):
-        args = [tvm.runtime.tensor(a, tvm.cpu(0)) if isinstance(a, np.ndarray) else a
-                for a in arrays]
+        args = [tvm.runtime.tensor(a, tvm.cpu(0)) for a in arrays]
         args.append(tvm.runtime.tensor(np.zeros(concrete_shape(out, batch), str(out.dtype)),
                                        tvm.cpu(0)))
         run(*args)
